@@ -17,7 +17,7 @@ pub enum Command {
     /// Create the job with this spec.
     Create {
         /// The spec; it must pass validation.
-        spec: JobSpec,
+        spec: Box<JobSpec>,
     },
     /// Start a stopped job, resume a paused one, or retry one in Error.
     Start,

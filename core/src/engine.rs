@@ -590,7 +590,7 @@ mod tests {
     }
 
     fn create(job: JobId) -> CommandEnvelope {
-        cmd(job, Command::Create { spec: JobSpec::default() })
+        cmd(job, Command::Create { spec: Box::default() })
     }
 
     fn now() -> DateTime<Utc> {

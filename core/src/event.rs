@@ -24,7 +24,7 @@ pub enum JobEvent {
     /// The job was created with this spec (which passed validation).
     Created {
         /// The spec.
-        spec: JobSpec,
+        spec: Box<JobSpec>,
     },
     /// The job is ready to run (the seeds' InitializeEvent).
     Initialized,

@@ -12,7 +12,7 @@
 //! - [`command`], [`event`], [`effect`], [`status`]: the vocabulary;
 //! - [`store`]: the event store contract; [`mem_store`]: the in-memory store;
 //! - [`engine`]: the engine and the [`JobMachine`] trait the states crate implements;
-//! - [`error`]: errors.
+//! - [`error`], the errors.
 //!
 //! Invariants:
 //! - this crate performs no I/O, reads no clock and draws no randomness (time and ids are
