@@ -70,6 +70,8 @@ pub enum Command {
     },
     /// An adapter's report about an effect.
     Complete(Completion),
+    /// Sent by the engine to every job after it restarted: pick up work that was in flight.
+    Recover,
 }
 
 /// The kinds of command, for rejections and help texts.
@@ -93,10 +95,12 @@ pub enum CommandKind {
     Reverse,
     SetBandwidth,
     Complete,
+    Recover,
 }
 
 impl CommandKind {
-    /// Every kind a person or program can send (everything but adapter completions).
+    /// Every kind a person or program can send (everything but adapter completions and the
+    /// engine's own recovery).
     pub const OPERATOR: [CommandKind; 16] = [
         CommandKind::Create,
         CommandKind::Start,
@@ -136,6 +140,7 @@ impl CommandKind {
             CommandKind::Reverse => "reverse",
             CommandKind::SetBandwidth => "set-bandwidth",
             CommandKind::Complete => "complete",
+            CommandKind::Recover => "recover",
         }
     }
 }
@@ -167,6 +172,7 @@ impl Command {
             Command::Reverse => CommandKind::Reverse,
             Command::SetBandwidth { .. } => CommandKind::SetBandwidth,
             Command::Complete(_) => CommandKind::Complete,
+            Command::Recover => CommandKind::Recover,
         }
     }
 }

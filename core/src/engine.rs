@@ -241,7 +241,9 @@ impl<M: JobMachine> Engine<M> {
                         .map(|d| match d {
                             Ok(Decided::Events(_)) => Err(EngineError::Conflict(conflict.clone())),
                             Ok(Decided::Nothing(job)) => Ok(empty_accepted(job, None)),
-                            Ok(Decided::Duplicate(job, range)) => Ok(empty_accepted(job, Some(range))),
+                            Ok(Decided::Duplicate(job, range)) => {
+                                Ok(empty_accepted(job, Some(range)))
+                            }
                             Err(e) => Err(e),
                         })
                         .collect());
@@ -257,7 +259,8 @@ impl<M: JobMachine> Engine<M> {
                 Ok(Decided::Nothing(job)) => Ok(empty_accepted(job, None)),
                 Ok(Decided::Duplicate(job, range)) => Ok(empty_accepted(job, Some(range))),
                 Ok(Decided::Events(request)) => {
-                    let envelopes: Vec<EventEnvelope> = stored.by_ref().take(request.events.len()).collect();
+                    let envelopes: Vec<EventEnvelope> =
+                        stored.by_ref().take(request.events.len()).collect();
                     Ok(self.commit(store, request.job, envelopes))
                 }
             });
@@ -342,10 +345,18 @@ impl<M: JobMachine> Engine<M> {
         let mut effects = Vec::new();
         let mut transitions = Vec::new();
         for envelope in &envelopes {
-            assert_eq!(envelope.seq, slot.head.next(), "the store returned job {job} out of sequence");
+            assert_eq!(
+                envelope.seq,
+                slot.head.next(),
+                "the store returned job {job} out of sequence"
+            );
             let mut out = Applied::new(job, envelope.seq);
             if let Err(illegal) = slot.machine.apply(envelope, &mut out) {
-                slot.quarantine = Some(format!("event {} at seq {}: {illegal}", envelope.event.name(), envelope.seq));
+                slot.quarantine = Some(format!(
+                    "event {} at seq {}: {illegal}",
+                    envelope.event.name(),
+                    envelope.seq
+                ));
                 break;
             }
             slot.head = envelope.seq;
@@ -387,7 +398,10 @@ impl<M: JobMachine> Engine<M> {
             for (key, seq) in folded.idempotency_keys {
                 idempotency.observe(&key, seq);
             }
-            self.jobs.insert(job, Slot { machine: folded.machine, head: folded.head, quarantine, idempotency });
+            self.jobs.insert(
+                job,
+                Slot { machine: folded.machine, head: folded.head, quarantine, idempotency },
+            );
         }
         Ok(effects)
     }
@@ -484,15 +498,16 @@ where
             return Flow::Stop;
         }
         if envelope.seq != head.next() {
-            problem = Some(format!("history of job {job} is corrupt at seq {}: out of sequence", head.next()));
+            problem = Some(format!(
+                "history of job {job} is corrupt at seq {}: out of sequence",
+                head.next()
+            ));
             return Flow::Stop;
         }
         let mut out = Applied::new(job, envelope.seq);
         if let Err(illegal) = machine.apply(&envelope, &mut out) {
-            problem = Some(format!(
-                "history of job {job} is corrupt at seq {}: {illegal}",
-                envelope.seq
-            ));
+            problem =
+                Some(format!("history of job {job} is corrupt at seq {}: {illegal}", envelope.seq));
             return Flow::Stop;
         }
         observe(&envelope, &out);
@@ -540,10 +555,18 @@ mod tests {
         fn spec(&self) -> Option<&JobSpec> {
             None
         }
-        fn decide(&self, _now: DateTime<Utc>, command: &Command) -> Result<Vec<JobEvent>, Rejection> {
+        fn decide(
+            &self,
+            _now: DateTime<Utc>,
+            command: &Command,
+        ) -> Result<Vec<JobEvent>, Rejection> {
             match (self.state, command) {
-                (StateName::Uninitialized, Command::Create { .. }) => Ok(vec![JobEvent::Initialized]),
-                (StateName::Stopped, Command::Start) => Ok(vec![JobEvent::Resumed { remirror: false }]),
+                (StateName::Uninitialized, Command::Create { .. }) => {
+                    Ok(vec![JobEvent::Initialized])
+                }
+                (StateName::Stopped, Command::Start) => {
+                    Ok(vec![JobEvent::Resumed { remirror: false }])
+                }
                 (StateName::Running, Command::Stop) => Ok(vec![JobEvent::Stopped]),
                 (StateName::Running, Command::Pause) => Ok(vec![]),
                 (state, command) => Err(Rejection::NotAllowed {
@@ -553,7 +576,11 @@ mod tests {
                 }),
             }
         }
-        fn apply(&mut self, envelope: &EventEnvelope, out: &mut Applied) -> Result<(), IllegalEvent> {
+        fn apply(
+            &mut self,
+            envelope: &EventEnvelope,
+            out: &mut Applied,
+        ) -> Result<(), IllegalEvent> {
             let illegal = IllegalEvent { state: self.state, event: envelope.event.name() };
             self.state = match (self.state, &envelope.event) {
                 (StateName::Uninitialized, JobEvent::Initialized) => StateName::Stopped,
@@ -603,7 +630,11 @@ mod tests {
         let mut engine: Engine<Counter> = Engine::new(0);
         let job = JobId::from_parts(1, [1; 10]);
         let out = engine
-            .execute(&store, now(), &[create(job), cmd(job, Command::Start), cmd(job, Command::Stop)])
+            .execute(
+                &store,
+                now(),
+                &[create(job), cmd(job, Command::Start), cmd(job, Command::Stop)],
+            )
             .unwrap();
         assert!(out.iter().all(Result::is_ok));
         assert_eq!(store.head(job).unwrap(), Seq(3));
@@ -657,7 +688,9 @@ mod tests {
         let job = JobId::from_parts(1, [1; 10]);
         engine.execute(&store, now(), &[create(job)]).unwrap();
         for _ in 0..5 {
-            engine.execute(&store, now(), &[cmd(job, Command::Start), cmd(job, Command::Stop)]).unwrap();
+            engine
+                .execute(&store, now(), &[cmd(job, Command::Start), cmd(job, Command::Stop)])
+                .unwrap();
         }
         let live = engine.job(job).unwrap().clone();
         let mut recovered: Engine<Counter> = Engine::new(4);
@@ -678,8 +711,15 @@ mod tests {
         let mut engine: Engine<Counter> = Engine::new(0);
         engine.execute(&store, now(), &[create(good), create(bad)]).unwrap();
         // Forge an event Stopped cannot take.
-        let forged = NewEvent { event: JobEvent::Stopped, recorded_at: now(), metadata: EventMetadata::engine() };
-        store.append(&[AppendRequest { job: bad, expected: Seq(1), events: vec![forged] }]).unwrap().unwrap();
+        let forged = NewEvent {
+            event: JobEvent::Stopped,
+            recorded_at: now(),
+            metadata: EventMetadata::engine(),
+        };
+        store
+            .append(&[AppendRequest { job: bad, expected: Seq(1), events: vec![forged] }])
+            .unwrap()
+            .unwrap();
         let mut recovered: Engine<Counter> = Engine::new(0);
         recovered.recover(&store).unwrap();
         assert!(recovered.quarantine(bad).unwrap().contains("corrupt at seq 2"));

@@ -190,6 +190,25 @@ pub enum JobEvent {
     ReverseStarted,
     /// The reverse mirror finished; protection runs the other way.
     ReverseCompleted,
+    /// The job cannot go on until someone fixes the cause: it stops in Error.
+    Failed {
+        /// Why.
+        failure: Failure,
+    },
+    /// The engine restarted while the job had work in flight; it picks the work up again.
+    Recovered {
+        /// Whether changes may have been missed while the engine was down (a source-side
+        /// restart misses them), so a differential remirror must follow.
+        remirror: bool,
+    },
+    /// The user asked a disconnected job (auto-reconnect off) to reconnect.
+    ReconnectRequested,
+    /// A scheduled verification was skipped because a mirror or verification was running.
+    VerificationSkipped,
+    /// Orphan removal was requested on demand.
+    OrphanRemovalStarted,
+    /// The replica was brought up for failover.
+    ReplicaActivated,
     /// Something went wrong that the job cannot ignore.
     FaultRaised {
         /// What and how bad.
@@ -246,6 +265,12 @@ impl JobEvent {
             JobEvent::FailoverUndone => "FailoverUndone",
             JobEvent::ReverseStarted => "ReverseStarted",
             JobEvent::ReverseCompleted => "ReverseCompleted",
+            JobEvent::Failed { .. } => "Failed",
+            JobEvent::Recovered { .. } => "Recovered",
+            JobEvent::ReconnectRequested => "ReconnectRequested",
+            JobEvent::VerificationSkipped => "VerificationSkipped",
+            JobEvent::OrphanRemovalStarted => "OrphanRemovalStarted",
+            JobEvent::ReplicaActivated => "ReplicaActivated",
             JobEvent::FaultRaised { .. } => "FaultRaised",
             JobEvent::FaultCleared { .. } => "FaultCleared",
             JobEvent::Deleted => "Deleted",
@@ -261,10 +286,18 @@ impl JobEvent {
     pub fn summary(&self) -> String {
         match self {
             JobEvent::Created { spec } => {
-                format!("{:?} job {:?}: {} -> {}", spec.job_type, spec.name, spec.source, spec.target)
+                format!(
+                    "{:?} job {:?}: {} -> {}",
+                    spec.job_type, spec.name, spec.source, spec.target
+                )
             }
             JobEvent::StartRequested { mirror } | JobEvent::MirrorStarted { mirror } => {
-                format!("{} mirror ({}), {}", mirror.kind, mirror.comparison.cli_name(), mirror.reason)
+                format!(
+                    "{} mirror ({}), {}",
+                    mirror.kind,
+                    mirror.comparison.cli_name(),
+                    mirror.reason
+                )
             }
             JobEvent::StartSucceeded { connection } | JobEvent::Reconnected { connection } => {
                 format!(
@@ -275,31 +308,47 @@ impl JobEvent {
                 )
             }
             JobEvent::StartFailed { failure } => failure.to_string(),
-            JobEvent::ReconnectFailed { attempt, failure } => format!("attempt {attempt}: {failure}"),
+            JobEvent::ReconnectFailed { attempt, failure } => {
+                format!("attempt {attempt}: {failure}")
+            }
             JobEvent::MirrorSizeCalculated { total_bytes, total_files } => {
                 format!("{total_files} files, {total_bytes} bytes")
             }
-            JobEvent::MirrorProgressed { counters } | JobEvent::MirrorCompleted { counters } => format!(
-                "{} files, {} bytes sent, {} bytes skipped{}",
-                counters.files_mirrored,
-                counters.bytes_mirrored,
-                counters.bytes_skipped,
-                counters.percent().map(|p| format!(", {p}%")).unwrap_or_default()
-            ),
+            JobEvent::MirrorProgressed { counters } | JobEvent::MirrorCompleted { counters } => {
+                format!(
+                    "{} files, {} bytes sent, {} bytes skipped{}",
+                    counters.files_mirrored,
+                    counters.bytes_mirrored,
+                    counters.bytes_skipped,
+                    counters.percent().map(|p| format!(", {p}%")).unwrap_or_default()
+                )
+            }
             JobEvent::MirrorFilesSkipped { files } => {
                 let names: Vec<_> = files.iter().take(3).map(|f| f.path.as_str()).collect();
-                format!("{} files: {}{}", files.len(), names.join(", "), if files.len() > 3 { ", ..." } else { "" })
+                format!(
+                    "{} files: {}{}",
+                    files.len(),
+                    names.join(", "),
+                    if files.len() > 3 { ", ..." } else { "" }
+                )
             }
             JobEvent::ReplicationProgressed { counters } => format!(
                 "queue {} bytes ({} on disk), {} bytes sent, latency {}",
                 counters.queue_bytes,
                 counters.disk_queue_bytes,
                 counters.bytes_sent,
-                counters.recovery_point_latency_ms.map(|l| format!("{l} ms")).unwrap_or_else(|| "-".into())
+                counters
+                    .recovery_point_latency_ms
+                    .map(|l| format!("{l} ms"))
+                    .unwrap_or_else(|| "-".into())
             ),
             JobEvent::QueueAlertRaised { percent } => format!("disk queue at {percent}%"),
             JobEvent::Resumed { remirror } => {
-                if *remirror { "queue was exhausted: remirror".into() } else { String::new() }
+                if *remirror {
+                    "queue was exhausted: remirror".into()
+                } else {
+                    String::new()
+                }
             }
             JobEvent::ConnectionLost { reason } => reason.clone(),
             JobEvent::VerificationStarted { comparison, remirror } => format!(
@@ -309,21 +358,42 @@ impl JobEvent {
             ),
             JobEvent::VerificationCompleted { summary } => format!(
                 "{} files compared, {} different, {} missing, {} remirrored",
-                summary.files_compared, summary.files_different, summary.files_missing, summary.files_remirrored
+                summary.files_compared,
+                summary.files_different,
+                summary.files_missing,
+                summary.files_remirrored
             ),
             JobEvent::OrphansProcessed { found, deleted, bytes, .. } => {
                 format!("{found} orphans ({bytes} bytes), {deleted} deleted")
             }
             JobEvent::BandwidthChanged { limit } => limit.to_string(),
-            JobEvent::CutoverRequested { target_queue } => format!("target queue: {target_queue:?}"),
+            JobEvent::CutoverRequested { target_queue } => {
+                format!("target queue: {target_queue:?}")
+            }
             JobEvent::FailoverRequested { test, target_queue } => {
                 format!("{}target queue: {target_queue:?}", if *test { "test, " } else { "" })
             }
             JobEvent::ScriptCompleted { stage, result } => format!("{stage:?} script: {result}"),
-            JobEvent::TargetQueueSettled { policy, operations } => format!("{policy:?}: {operations} operations"),
+            JobEvent::TargetQueueSettled { policy, operations } => {
+                format!("{policy:?}: {operations} operations")
+            }
             JobEvent::FailoverConditionMet { reason } => reason.clone(),
-            JobEvent::FailoverCompleted { test } => if *test { "test".into() } else { String::new() },
+            JobEvent::FailoverCompleted { test } => {
+                if *test {
+                    "test".into()
+                } else {
+                    String::new()
+                }
+            }
             JobEvent::FaultRaised { fault } => fault.to_string(),
+            JobEvent::Failed { failure } => failure.to_string(),
+            JobEvent::Recovered { remirror } => {
+                if *remirror {
+                    "changes may have been missed: remirror".into()
+                } else {
+                    String::new()
+                }
+            }
             JobEvent::FaultCleared { kind } => format!("{kind:?}"),
             JobEvent::Initialized
             | JobEvent::MirrorPaused
@@ -338,6 +408,10 @@ impl JobEvent {
             | JobEvent::FailoverUndone
             | JobEvent::ReverseStarted
             | JobEvent::ReverseCompleted
+            | JobEvent::ReconnectRequested
+            | JobEvent::VerificationSkipped
+            | JobEvent::OrphanRemovalStarted
+            | JobEvent::ReplicaActivated
             | JobEvent::Deleted => String::new(),
         }
     }
@@ -502,7 +576,11 @@ impl EventMetadata {
 
     /// Metadata for an operator's command.
     pub fn operator(name: impl Into<String>) -> Self {
-        EventMetadata { actor: Actor::Operator { name: name.into() }, correlation_id: None, idempotency_key: None }
+        EventMetadata {
+            actor: Actor::Operator { name: name.into() },
+            correlation_id: None,
+            idempotency_key: None,
+        }
     }
 }
 
@@ -541,13 +619,19 @@ impl<'de> Deserialize<'de> for ChainHash {
                 f.write_str("32 bytes")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ChainHash, E> {
-                let bytes: [u8; 32] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
+                let bytes: [u8; 32] =
+                    v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
                 Ok(ChainHash(bytes))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ChainHash, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ChainHash, A::Error> {
                 let mut bytes = [0u8; 32];
                 for (i, b) in bytes.iter_mut().enumerate() {
-                    *b = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                    *b = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
                 }
                 Ok(ChainHash(bytes))
             }

@@ -43,7 +43,10 @@ impl MemEventStore {
 }
 
 impl EventStore for MemEventStore {
-    fn append(&self, batch: &[AppendRequest]) -> Result<Result<Vec<EventEnvelope>, Conflict>, StoreError> {
+    fn append(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Result<Vec<EventEnvelope>, Conflict>, StoreError> {
         let mut inner = self.lock();
         // Check every request first: the batch is all or nothing. Several requests for one job
         // chain their expectations.
@@ -147,7 +150,11 @@ impl<S: Clone + Send + 'static> CheckpointStore<S> for MemEventStore {
         Ok(())
     }
 
-    fn load_checkpoint(&self, job: JobId, at_most: Seq) -> Result<Option<Checkpoint<S>>, StoreError> {
+    fn load_checkpoint(
+        &self,
+        job: JobId,
+        at_most: Seq,
+    ) -> Result<Option<Checkpoint<S>>, StoreError> {
         let inner = self.lock();
         Ok(inner
             .checkpoints
@@ -174,8 +181,16 @@ mod tests {
         let a = JobId::from_parts(1, [1; 10]);
         let b = JobId::from_parts(2, [2; 10]);
         let batch = [
-            AppendRequest { job: a, expected: Seq::ZERO, events: vec![new_event(JobEvent::Initialized)] },
-            AppendRequest { job: b, expected: Seq::ZERO, events: vec![new_event(JobEvent::Initialized)] },
+            AppendRequest {
+                job: a,
+                expected: Seq::ZERO,
+                events: vec![new_event(JobEvent::Initialized)],
+            },
+            AppendRequest {
+                job: b,
+                expected: Seq::ZERO,
+                events: vec![new_event(JobEvent::Initialized)],
+            },
             AppendRequest { job: a, expected: Seq(1), events: vec![new_event(JobEvent::Stopped)] },
         ];
         let stored = store.append(&batch).unwrap().unwrap();
@@ -188,7 +203,11 @@ mod tests {
     fn a_conflict_writes_nothing() {
         let store = MemEventStore::new();
         let a = JobId::from_parts(1, [1; 10]);
-        let batch = [AppendRequest { job: a, expected: Seq(3), events: vec![new_event(JobEvent::Initialized)] }];
+        let batch = [AppendRequest {
+            job: a,
+            expected: Seq(3),
+            events: vec![new_event(JobEvent::Initialized)],
+        }];
         let conflict = store.append(&batch).unwrap().unwrap_err();
         assert_eq!(conflict.actual, Seq::ZERO);
         assert_eq!(store.last_position().unwrap(), Position(0));

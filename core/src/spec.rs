@@ -362,7 +362,9 @@ impl fmt::Display for BandwidthLimit {
         match self {
             BandwidthLimit::Unlimited => write!(f, "Unlimited"),
             BandwidthLimit::Fixed { bytes_per_second } => write!(f, "{bytes_per_second} B/s"),
-            BandwidthLimit::Schedule { windows } => write!(f, "scheduled ({} windows)", windows.len()),
+            BandwidthLimit::Schedule { windows } => {
+                write!(f, "scheduled ({} windows)", windows.len())
+            }
         }
     }
 }
@@ -684,7 +686,9 @@ impl JobSpec {
         }
         self.validate_target()?;
         for exclude in &self.excludes {
-            if exclude.is_empty() || exclude.starts_with('/') || exclude.split('/').any(|c| c == "..")
+            if exclude.is_empty()
+                || exclude.starts_with('/')
+                || exclude.split('/').any(|c| c == "..")
             {
                 return Err(SpecError::new(
                     "excludes",
@@ -777,7 +781,10 @@ impl JobSpec {
     fn validate_queue(&self) -> Result<(), SpecError> {
         let q = &self.queue;
         if q.memory_bytes < MIB {
-            return Err(SpecError::new("queue.memory_bytes", "the memory queue needs at least 1 MiB"));
+            return Err(SpecError::new(
+                "queue.memory_bytes",
+                "the memory queue needs at least 1 MiB",
+            ));
         }
         if let DiskQueue::Limited { bytes } = q.disk
             && bytes == 0
@@ -788,7 +795,10 @@ impl JobSpec {
             ));
         }
         if q.alert_percent == 0 || q.alert_percent > 100 {
-            return Err(SpecError::new("queue.alert_percent", "the alert level is a percentage from 1 to 100"));
+            return Err(SpecError::new(
+                "queue.alert_percent",
+                "the alert level is a percentage from 1 to 100",
+            ));
         }
         Ok(())
     }
@@ -836,13 +846,22 @@ impl JobSpec {
     fn validate_diagnostics(&self) -> Result<(), SpecError> {
         // The seeds' TDU offers no target-only options: there is no target to act on.
         if self.orphans != OrphanPolicy::Off {
-            return Err(SpecError::new("orphans", "a diagnostics job has no target: orphans must be off"));
+            return Err(SpecError::new(
+                "orphans",
+                "a diagnostics job has no target: orphans must be off",
+            ));
         }
         if self.verification.schedule.is_some() {
-            return Err(SpecError::new("verification", "a diagnostics job has no target to verify"));
+            return Err(SpecError::new(
+                "verification",
+                "a diagnostics job has no target to verify",
+            ));
         }
         if self.failover_monitor.enabled {
-            return Err(SpecError::new("failover_monitor", "a diagnostics job has no target to monitor from"));
+            return Err(SpecError::new(
+                "failover_monitor",
+                "a diagnostics job has no target to monitor from",
+            ));
         }
         if self.cutover.pre_script.is_some()
             || self.cutover.post_script.is_some()
@@ -887,7 +906,10 @@ pub fn validate_bandwidth(limit: &BandwidthLimit) -> Result<(), SpecError> {
         }
         BandwidthLimit::Schedule { windows } => {
             if windows.is_empty() {
-                return Err(SpecError::new("bandwidth", "a bandwidth schedule needs at least one window"));
+                return Err(SpecError::new(
+                    "bandwidth",
+                    "a bandwidth schedule needs at least one window",
+                ));
             }
             for w in windows {
                 if w.start_minute >= 1440 || w.end_minute > 1440 {
@@ -897,7 +919,10 @@ pub fn validate_bandwidth(limit: &BandwidthLimit) -> Result<(), SpecError> {
                     ));
                 }
                 if w.start_minute == w.end_minute {
-                    return Err(SpecError::new("bandwidth", "a window must not start and end at the same time"));
+                    return Err(SpecError::new(
+                        "bandwidth",
+                        "a window must not start and end at the same time",
+                    ));
                 }
                 if w.bytes_per_second != 0 && w.bytes_per_second < MIN_BANDWIDTH_BYTES_PER_SECOND {
                     return Err(SpecError::new(
@@ -1032,15 +1057,11 @@ mod tests {
 
     #[test]
     fn bandwidth_under_3500_is_refused() {
-        let spec = JobSpec {
-            bandwidth: BandwidthLimit::Fixed { bytes_per_second: 3499 },
-            ..files_spec()
-        };
+        let spec =
+            JobSpec { bandwidth: BandwidthLimit::Fixed { bytes_per_second: 3499 }, ..files_spec() };
         assert!(spec.validate().unwrap_err().message.contains("3500"));
-        let spec = JobSpec {
-            bandwidth: BandwidthLimit::Fixed { bytes_per_second: 3500 },
-            ..files_spec()
-        };
+        let spec =
+            JobSpec { bandwidth: BandwidthLimit::Fixed { bytes_per_second: 3500 }, ..files_spec() };
         spec.validate().unwrap();
     }
 
@@ -1065,9 +1086,8 @@ mod tests {
 
     #[test]
     fn outside_every_window_is_unlimited() {
-        let limit = BandwidthLimit::Schedule {
-            windows: vec![window(Days::Weekdays, 540, 1020, 10_000)],
-        };
+        let limit =
+            BandwidthLimit::Schedule { windows: vec![window(Days::Weekdays, 540, 1020, 10_000)] };
         assert_eq!(limit.limit_at(Weekday::Tue, 600), Some(10_000));
         assert_eq!(limit.limit_at(Weekday::Sat, 600), None);
         assert_eq!(limit.limit_at(Weekday::Tue, 1020), None);
@@ -1076,8 +1096,14 @@ mod tests {
     #[test]
     fn overlapping_windows_are_refused() {
         let overlapping = [
-            (window(Days::EveryDay, 360, 1080, 5000), window(Days::Day(DayOfWeek::Wed), 600, 660, 5000)),
-            (window(Days::Day(DayOfWeek::Sun), 1320, 120, 5000), window(Days::Day(DayOfWeek::Mon), 60, 90, 5000)),
+            (
+                window(Days::EveryDay, 360, 1080, 5000),
+                window(Days::Day(DayOfWeek::Wed), 600, 660, 5000),
+            ),
+            (
+                window(Days::Day(DayOfWeek::Sun), 1320, 120, 5000),
+                window(Days::Day(DayOfWeek::Mon), 60, 90, 5000),
+            ),
             (window(Days::Weekends, 0, 1440, 5000), window(Days::Day(DayOfWeek::Sat), 10, 20, 0)),
         ];
         for (a, b) in overlapping {
@@ -1086,7 +1112,10 @@ mod tests {
             assert!(err.message.contains("overlap"), "{a:?} {b:?}");
         }
         let touching = BandwidthLimit::Schedule {
-            windows: vec![window(Days::EveryDay, 0, 720, 5000), window(Days::EveryDay, 720, 1440, 0)],
+            windows: vec![
+                window(Days::EveryDay, 0, 720, 5000),
+                window(Days::EveryDay, 720, 1440, 0),
+            ],
         };
         validate_bandwidth(&touching).unwrap();
     }
@@ -1120,8 +1149,10 @@ mod tests {
     fn serde_json_like() -> JobSpec {
         // Round-trip through serde's own value-less path: an empty map becomes the default spec.
         use serde::de::value::{MapDeserializer, StrDeserializer};
-        let empty: Vec<(StrDeserializer<'_, serde::de::value::Error>, StrDeserializer<'_, serde::de::value::Error>)> =
-            Vec::new();
+        let empty: Vec<(
+            StrDeserializer<'_, serde::de::value::Error>,
+            StrDeserializer<'_, serde::de::value::Error>,
+        )> = Vec::new();
         JobSpec::deserialize(MapDeserializer::new(empty.into_iter())).unwrap()
     }
 }

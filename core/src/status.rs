@@ -387,6 +387,8 @@ pub struct ReplicationCounters {
     pub operations_applied: u64,
     /// Recovery point latency, when there is something to measure.
     pub recovery_point_latency_ms: Option<u64>,
+    /// A bandwidth schedule window holds transmission at zero (transmit mode Scheduled).
+    pub held_by_schedule: bool,
 }
 
 /// The 13 counters of a verification, in the seeds' order, plus its outcome.

@@ -45,7 +45,10 @@ pub trait EventStore {
     ///
     /// `Ok(Err(Conflict))` when a job's head is not `expected` (nothing is written);
     /// `Err(StoreError)` when storage fails.
-    fn append(&self, batch: &[AppendRequest]) -> Result<Result<Vec<EventEnvelope>, Conflict>, StoreError>;
+    fn append(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Result<Vec<EventEnvelope>, Conflict>, StoreError>;
 
     /// The job's last sequence number (`Seq::ZERO` if it has no events).
     ///
@@ -124,5 +127,9 @@ pub trait CheckpointStore<S> {
     /// # Errors
     ///
     /// Storage failure.
-    fn load_checkpoint(&self, job: JobId, at_most: Seq) -> Result<Option<Checkpoint<S>>, StoreError>;
+    fn load_checkpoint(
+        &self,
+        job: JobId,
+        at_most: Seq,
+    ) -> Result<Option<Checkpoint<S>>, StoreError>;
 }

@@ -1,0 +1,175 @@
+//! [`Job`]: the statig machine plus its status projection, as the engine drives it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use statig::blocking::{InitializedStateMachine, IntoStateMachineExt, UninitializedStateMachine};
+
+use understudy_core::command::{Command, CommandKind, Rejection};
+use understudy_core::effect::EffectEnvelope;
+use understudy_core::event::{EventEnvelope, JobEvent};
+use understudy_core::ids::JobId;
+use understudy_core::spec::JobSpec;
+use understudy_core::status::{JobStatus, StateName};
+use understudy_core::{Applied, IllegalEvent, JobMachine};
+
+use crate::machine::{Activity, Ctx, Input, JobData, probe, state_name};
+use crate::projection;
+
+/// A job: its state machine (decisions) and its status (reporting).
+#[derive(Clone, Debug)]
+pub struct Job {
+    machine: InitializedStateMachine<JobData>,
+    status: JobStatus,
+}
+
+impl PartialEq for Job {
+    fn eq(&self, other: &Self) -> bool {
+        self.state() == other.state()
+            && *self.machine == *other.machine
+            && self.status == other.status
+    }
+}
+
+impl Job {
+    /// The job's data (what decisions depend on).
+    pub fn data(&self) -> &JobData {
+        &self.machine
+    }
+
+    fn decide_raw(
+        &self,
+        now: DateTime<Utc>,
+        command: &Command,
+    ) -> Result<Vec<JobEvent>, Rejection> {
+        if let Command::Complete(completion) = command
+            && !self.machine.is_current(completion)
+        {
+            // A late report of work the job has since stopped or replaced: nothing to record.
+            return Ok(Vec::new());
+        }
+        // Decide on a copy: whatever a handler does, the job itself stays as it is.
+        let mut scratch = self.machine.clone();
+        let mut ctx = Ctx::deciding(now);
+        scratch.handle_with_context(&Input::Decide(command), &mut ctx);
+        ctx.take_decision().unwrap_or_else(|| {
+            Err(Rejection::NotAllowed {
+                command: command.kind(),
+                state: self.state(),
+                allowed: Vec::new(),
+            })
+        })
+    }
+}
+
+impl JobMachine for Job {
+    type Snapshot = JobSnapshot;
+
+    fn new(job: JobId) -> Self {
+        let machine = JobData::new(job)
+            .uninitialized_state_machine()
+            .init_with_context(&mut Ctx::discarding());
+        Job { machine, status: JobStatus::default() }
+    }
+
+    fn state(&self) -> StateName {
+        state_name(self.machine.state())
+    }
+
+    fn status(&self) -> &JobStatus {
+        &self.status
+    }
+
+    fn spec(&self) -> Option<&JobSpec> {
+        self.machine.spec.as_ref()
+    }
+
+    fn decide(&self, now: DateTime<Utc>, command: &Command) -> Result<Vec<JobEvent>, Rejection> {
+        match self.decide_raw(now, command) {
+            Err(Rejection::NotAllowed { command, state, .. }) => {
+                Err(Rejection::NotAllowed { command, state, allowed: self.allowed() })
+            }
+            other => other,
+        }
+    }
+
+    fn apply(&mut self, envelope: &EventEnvelope, out: &mut Applied) -> Result<(), IllegalEvent> {
+        let before = self.clone();
+        if matches!(envelope.event, JobEvent::Created { .. }) {
+            out.transition("Entered TopState".into());
+            out.transition("Entered UninitializedState".into());
+        }
+        let mut ctx = Ctx::applying(envelope, out);
+        self.machine.handle_with_context(&Input::Apply(envelope), &mut ctx);
+        if !ctx.was_handled() {
+            *self = before;
+            return Err(IllegalEvent { state: self.state(), event: envelope.event.name() });
+        }
+        let state = self.state();
+        projection::observe(&mut self.status, &self.machine, state, envelope);
+        Ok(())
+    }
+
+    fn resume(&self) -> Vec<EffectEnvelope> {
+        // The monitor, change capture and the verification timer only need re-issuing; work
+        // that needs a new connection is picked up by the `Recover` command's events.
+        [Activity::Monitor, Activity::Capture, Activity::Timer]
+            .iter()
+            .filter_map(|a| self.machine.activities.get(a).cloned())
+            .collect()
+    }
+
+    /// The operator commands the job would accept now, probed through `decide` itself so the
+    /// list can never disagree with the handlers.
+    fn allowed(&self) -> Vec<CommandKind> {
+        let now = DateTime::UNIX_EPOCH;
+        CommandKind::OPERATOR
+            .into_iter()
+            .filter(|kind| self.decide_raw(now, &probe(*kind)).is_ok())
+            .collect()
+    }
+
+    fn snapshot(&self) -> JobSnapshot {
+        JobSnapshot {
+            machine: SnapshotMachine::Live(self.machine.clone()),
+            status: self.status.clone(),
+        }
+    }
+
+    fn restore(snapshot: JobSnapshot) -> Self {
+        let machine = match snapshot.machine {
+            SnapshotMachine::Live(machine) => machine,
+            // Entry actions run again on init; their output is thrown away.
+            SnapshotMachine::Stored(machine) => machine.init_with_context(&mut Ctx::discarding()),
+        };
+        Job { machine, status: snapshot.status }
+    }
+}
+
+/// A checkpoint of a [`Job`]. It serialises the statig machine; deserialised, it is an
+/// uninitialised machine that [`Job::restore`] initialises.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobSnapshot {
+    machine: SnapshotMachine,
+    status: JobStatus,
+}
+
+#[derive(Clone, Debug)]
+enum SnapshotMachine {
+    Live(InitializedStateMachine<JobData>),
+    Stored(UninitializedStateMachine<JobData>),
+}
+
+impl Serialize for SnapshotMachine {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SnapshotMachine::Live(machine) => machine.serialize(serializer),
+            SnapshotMachine::Stored(machine) => machine.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SnapshotMachine {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        UninitializedStateMachine::deserialize(deserializer).map(SnapshotMachine::Stored)
+    }
+}
