@@ -133,3 +133,49 @@ pub trait CheckpointStore<S> {
         at_most: Seq,
     ) -> Result<Option<Checkpoint<S>>, StoreError>;
 }
+
+/// A shared store is a store: the daemon and its readers hold one `Arc`.
+impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
+    fn append(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Result<Vec<EventEnvelope>, Conflict>, StoreError> {
+        (**self).append(batch)
+    }
+    fn head(&self, job: JobId) -> Result<Seq, StoreError> {
+        (**self).head(job)
+    }
+    fn scan_job(
+        &self,
+        job: JobId,
+        from: Seq,
+        visit: &mut dyn FnMut(EventEnvelope) -> Flow,
+    ) -> Result<(), StoreError> {
+        (**self).scan_job(job, from, visit)
+    }
+    fn read_all(&self, after: Position, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        (**self).read_all(after, limit)
+    }
+    fn jobs(&self) -> Result<Vec<JobId>, StoreError> {
+        (**self).jobs()
+    }
+    fn last_position(&self) -> Result<Position, StoreError> {
+        (**self).last_position()
+    }
+    fn wait_for(&self, after: Position, timeout: Duration) -> Result<bool, StoreError> {
+        (**self).wait_for(after, timeout)
+    }
+}
+
+impl<S, T: CheckpointStore<S> + ?Sized> CheckpointStore<S> for std::sync::Arc<T> {
+    fn save_checkpoint(&self, job: JobId, checkpoint: &Checkpoint<S>) -> Result<(), StoreError> {
+        (**self).save_checkpoint(job, checkpoint)
+    }
+    fn load_checkpoint(
+        &self,
+        job: JobId,
+        at_most: Seq,
+    ) -> Result<Option<Checkpoint<S>>, StoreError> {
+        (**self).load_checkpoint(job, at_most)
+    }
+}

@@ -239,6 +239,8 @@ pub struct JobData {
     pub handover: Option<Handover>,
     /// Protection runs from the original target back to the original source.
     pub reversed: bool,
+    /// The connection to the target is up (not merely being attempted).
+    pub connected: bool,
     /// When mirror progress was last recorded.
     pub mirror_progress_at: Option<DateTime<Utc>>,
     /// When replication progress was last recorded, and what it was.
@@ -267,6 +269,7 @@ impl JobData {
             reconnect_attempts: 0,
             handover: None,
             reversed: false,
+            connected: false,
             mirror_progress_at: None,
             replication_progress_at: None,
             replication: ReplicationCounters::default(),
@@ -318,6 +321,7 @@ impl JobData {
         self.end(ctx, Activity::Capture, Some(Effect::StopChangeCapture));
         self.end(ctx, Activity::Timer, None);
         self.mirror_paused = false;
+        self.connected = false;
     }
 
     /// The mirror a (re)start runs: the job's comparison; full the first time, then differential.
@@ -695,6 +699,7 @@ impl JobData {
             Input::Apply(envelope) => match &envelope.event {
                 JobEvent::StartSucceeded { .. } => {
                     self.reconnect_attempts = 0;
+                    self.connected = true;
                     ctx.go(State::connected())
                 }
                 JobEvent::StartFailed { .. } => ctx.done(),
@@ -1105,7 +1110,8 @@ impl JobData {
                 Command::Start => {
                     let remirror = self.remirror_needed;
                     let mut events = vec![JobEvent::Resumed { remirror }];
-                    if remirror {
+                    // Without a connection the remirror follows the reconnect instead.
+                    if remirror && self.connected {
                         events.push(JobEvent::MirrorStarted {
                             mirror: self.restart_mirror(MirrorReason::AutoRemirror),
                         });
@@ -1139,7 +1145,12 @@ impl JobData {
                 JobEvent::Resumed { remirror } => {
                     let back = self.resume_to.take().unwrap_or(StateName::Connected);
                     ctx.effect(Effect::ResumeTransmission);
-                    if *remirror {
+                    if !self.connected {
+                        // The connection broke while paused and is not back yet.
+                        self.end(ctx, Activity::Mirror, Some(Effect::StopMirror));
+                        self.mirror_paused = false;
+                        ctx.go(State::disconnected())
+                    } else if *remirror {
                         // What was mirroring restarts as the remirror that follows.
                         self.end(ctx, Activity::Mirror, Some(Effect::StopMirror));
                         self.mirror_paused = false;
@@ -1166,15 +1177,21 @@ impl JobData {
                     ctx.done()
                 }
                 JobEvent::ConnectionLost { .. } | JobEvent::Recovered { .. } => {
-                    // Paused keeps its connection: get it back in the background.
+                    // Paused keeps its connection: get it back in the background. A mirror
+                    // that was running is interrupted and reruns as a differential.
                     if let JobEvent::Recovered { remirror } = &envelope.event {
                         self.remirror_needed |= *remirror;
                     }
+                    if self.resume_to == Some(StateName::Mirroring) {
+                        self.resume_to = Some(StateName::Connected);
+                    }
+                    self.lose_connection(ctx);
                     self.connect(ctx);
                     ctx.done()
                 }
                 JobEvent::Reconnected { .. } => {
                     self.reconnect_attempts = 0;
+                    self.connected = true;
                     ctx.done()
                 }
                 JobEvent::ReconnectFailed { attempt, .. } => {
@@ -1247,6 +1264,7 @@ impl JobData {
             Input::Apply(envelope) => match &envelope.event {
                 JobEvent::Reconnected { .. } => {
                     self.reconnect_attempts = 0;
+                    self.connected = true;
                     if self.remirror_needed || !self.target_consistent {
                         ctx.go(State::connected())
                     } else {
@@ -1657,6 +1675,7 @@ impl JobData {
             Input::Apply(envelope) => match &envelope.event {
                 JobEvent::Reconnected { .. } => {
                     self.reconnect_attempts = 0;
+                    self.connected = true;
                     ctx.done()
                 }
                 JobEvent::ReconnectFailed { attempt, .. } => {
@@ -1968,6 +1987,7 @@ impl JobData {
         self.end(ctx, Activity::Orphans, None);
         self.activities.remove(&Activity::Connection);
         self.mirror_paused = false;
+        self.connected = false;
     }
 
     /// The mirror to run after a reconnect, if data may be missing on the target.
