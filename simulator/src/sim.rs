@@ -265,6 +265,9 @@ struct Sim {
     report: SimReport,
 }
 
+/// A state a job must be in, and the command that moves it on from there.
+type Step = (StateName, fn() -> Command);
+
 /// What one step of the safety phase does.
 enum Action {
     Operator,
@@ -547,7 +550,7 @@ impl Sim {
         let jobs: Vec<(JobId, StateName)> =
             self.engine.jobs().map(|(id, job)| (id, job.state())).collect();
         for target in unvisited {
-            let wanted: &[(StateName, fn() -> Command)] = match target {
+            let wanted: &[Step] = match target {
                 S::Paused => {
                     &[(S::Protecting, || Command::Pause), (S::Mirroring, || Command::Pause)]
                 }
