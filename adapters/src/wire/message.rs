@@ -1,0 +1,232 @@
+//! The messages exchanged between a source engine and a target engine.
+
+use serde::{Deserialize, Serialize};
+use understudy_core::{ConnectionId, Failure, JobId};
+
+use crate::fsops::{BlockHashes, Entry, Operation, RelPath};
+
+/// Which end of a replication connection an engine is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Sends operations.
+    Source,
+    /// Applies them.
+    Target,
+}
+
+/// Compression codecs for [`Message::Compressed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Codec {
+    /// Zstandard.
+    Zstd,
+}
+
+/// One message. Encoded with `rmp_serde::to_vec_named` inside a length-prefixed frame
+/// ([`super::encode_frame`]).
+///
+/// Compatibility: [`Message::Hello`], [`Message::Welcome`] and [`Message::Refused`] must decode
+/// in every version (they carry the version check), so their fields are never renamed or
+/// removed; new fields anywhere are added with `#[serde(default)]`.
+///
+/// Sequence numbers (`seq`) count operations on one job's replication session, from 1, and
+/// survive reconnects: after `Open`, the target says what it last made durable and the source
+/// resumes after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    // ----- handshake -----
+    /// First message of the connecting engine.
+    Hello {
+        /// [`super::PROTOCOL_VERSION`] of the sender.
+        protocol_version: u32,
+        /// The sender's engine id (for logs and the job's connection info).
+        engine_id: String,
+        /// What the sender is on this connection.
+        role: Role,
+    },
+    /// The accepting engine agrees: the connection is open.
+    Welcome {
+        /// The accepting engine's protocol version.
+        protocol_version: u32,
+        /// The accepting engine's id.
+        engine_id: String,
+    },
+    /// The accepting (or, after `Welcome`, the connecting) engine refuses; the connection
+    /// closes after it.
+    Refused {
+        /// Why, in words for the user.
+        reason: String,
+        /// The refusing engine's protocol version, so the other side can word a version
+        /// mismatch from its own point of view.
+        #[serde(default)]
+        protocol_version: u32,
+    },
+    /// Authentication: prove knowledge of the shared secret by answering with a
+    /// [`Message::Proof`] over this nonce (see [`super::auth`]).
+    Challenge {
+        /// 32 random bytes.
+        #[serde(with = "crate::bytes_serde")]
+        nonce: Vec<u8>,
+    },
+    /// Authentication: HMAC-SHA256 over the last challenge (see [`super::auth::proof`]).
+    Proof {
+        /// The MAC.
+        #[serde(with = "crate::bytes_serde")]
+        hmac: Vec<u8>,
+    },
+
+    // ----- session -----
+    /// The source opens a job's replication session.
+    Open {
+        /// The job.
+        job_id: JobId,
+        /// The connection number (incremented by the source at each (re)connection).
+        session: ConnectionId,
+        /// The first sequence number the source still holds (everything before it was
+        /// acknowledged).
+        resume_from_seq: u64,
+    },
+    /// The target answers `Open`: it has durably applied everything up to
+    /// `last_applied_seq` (0: nothing), so the source resends from `last_applied_seq + 1`.
+    Opened {
+        /// The last durable sequence number.
+        last_applied_seq: u64,
+    },
+    /// A batch of operations numbered `first_seq`, `first_seq + 1`, …: small files travel
+    /// together in one frame.
+    Ops {
+        /// The first operation's sequence number.
+        first_seq: u64,
+        /// The operations, in order.
+        ops: Vec<Operation>,
+    },
+    /// Everything up to and including `seq` is durable on the target.
+    Ack {
+        /// The last durable sequence number.
+        seq: u64,
+    },
+    /// The target could not apply `seq` (everything before it is applied); `error` says why
+    /// and whether retrying helps.
+    Nack {
+        /// The failed sequence number.
+        seq: u64,
+        /// Why, classified for retry.
+        error: Failure,
+    },
+    /// Liveness, either direction.
+    Heartbeat {
+        /// The sender's wall clock, in ms since the Unix epoch.
+        at_ms: u64,
+    },
+    /// The target asks the source to hold mirror traffic (memory pressure).
+    Pause,
+    /// The target lets the source send mirror traffic again.
+    Resume,
+
+    // ----- target-side reads for the mirror -----
+    /// Attributes of target paths (attribute comparison, orphan detection).
+    QueryMeta {
+        /// Matches the reply.
+        query_id: u64,
+        /// The paths.
+        paths: Vec<RelPath>,
+    },
+    /// Answer to [`Message::QueryMeta`].
+    MetaReply {
+        /// The query answered.
+        query_id: u64,
+        /// One per queried path, in order; `None` where the target has nothing.
+        entries: Vec<Option<Entry>>,
+    },
+    /// Block hashes of a target file (checksum comparison), for at most
+    /// [`super::MAX_HASHES_PER_REPLY`] blocks from `first_block`.
+    QueryBlockHashes {
+        /// Matches the reply.
+        query_id: u64,
+        /// The file.
+        path: RelPath,
+        /// Bytes per block.
+        block_size: u32,
+        /// First block to hash.
+        #[serde(default)]
+        first_block: u64,
+        /// How many blocks at most.
+        #[serde(default)]
+        max_blocks: u32,
+    },
+    /// Answer to [`Message::QueryBlockHashes`].
+    BlockHashes {
+        /// The query answered.
+        query_id: u64,
+        /// The hashes.
+        hashes: BlockHashes,
+    },
+    /// A target directory's entries (orphan detection).
+    QueryListDir {
+        /// Matches the reply.
+        query_id: u64,
+        /// The directory.
+        path: RelPath,
+    },
+    /// Answer to [`Message::QueryListDir`].
+    ListDir {
+        /// The query answered.
+        query_id: u64,
+        /// Its entries, sorted by name bytes.
+        entries: Vec<Entry>,
+    },
+    /// A query could not be answered (the path escapes, is missing, is not a file).
+    QueryFailed {
+        /// The query.
+        query_id: u64,
+        /// Why.
+        error: Failure,
+    },
+
+    // ----- end and framing -----
+    /// Orderly close.
+    Close {
+        /// Why, for the other side's log.
+        reason: String,
+    },
+    /// Another message, encoded then compressed. Made by [`super::encode_frame`] and removed
+    /// by the decoders: callers never see it.
+    Compressed {
+        /// The codec.
+        codec: Codec,
+        /// The encoded message's length (at most [`super::MAX_FRAME_BYTES`]).
+        raw_len: u32,
+        /// The compressed encoded message.
+        #[serde(with = "crate::bytes_serde")]
+        bytes: Vec<u8>,
+    },
+}
+
+impl Message {
+    /// The variant name, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::Refused { .. } => "Refused",
+            Message::Challenge { .. } => "Challenge",
+            Message::Proof { .. } => "Proof",
+            Message::Open { .. } => "Open",
+            Message::Opened { .. } => "Opened",
+            Message::Ops { .. } => "Ops",
+            Message::Ack { .. } => "Ack",
+            Message::Nack { .. } => "Nack",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::Pause => "Pause",
+            Message::Resume => "Resume",
+            Message::QueryMeta { .. } => "QueryMeta",
+            Message::MetaReply { .. } => "MetaReply",
+            Message::QueryBlockHashes { .. } => "QueryBlockHashes",
+            Message::BlockHashes { .. } => "BlockHashes",
+            Message::QueryListDir { .. } => "QueryListDir",
+            Message::ListDir { .. } => "ListDir",
+            Message::QueryFailed { .. } => "QueryFailed",
+            Message::Close { .. } => "Close",
+            Message::Compressed { .. } => "Compressed",
+        }
+    }
+}

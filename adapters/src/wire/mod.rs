@@ -1,0 +1,47 @@
+//! The wire protocol between a source engine and a target engine.
+//!
+//! A connection carries frames: a 4-byte big-endian length, then that many bytes of one
+//! [`Message`] encoded with `rmp_serde::to_vec_named` (field names, so fields can be added).
+//! A frame is at most [`MAX_FRAME_BYTES`]: room for [`MAX_BATCH_DATA_BYTES`] of file data in
+//! one `Ops` batch plus the encoding's overhead. Frames may be compressed with zstd
+//! ([`Compression`]); the receiver bounds the decompressed size by the same limit.
+//!
+//! Any protocol error (an oversized or undecodable frame, a message out of place) closes the
+//! connection it happened on and only that one; the job reconnects and resumes from the last
+//! acknowledged sequence number.
+//!
+//! - [`message`]: [`Message`] and its parts;
+//! - [`frame`]: [`encode_frame`], [`decode_payload`], the incremental [`FrameDecoder`];
+//! - [`io`]: async [`read_message`] / [`write_message`] over tokio streams;
+//! - [`auth`]: the versioned handshake and HMAC challenge-response authentication.
+
+pub mod auth;
+pub mod frame;
+pub mod io;
+pub mod message;
+
+pub use auth::{HandshakeConfig, Peer, Secret, accept_handshake, connect_handshake};
+pub use frame::{Compression, EncodedFrame, FrameDecoder, decode_payload, encode_frame};
+pub use io::{FrameStats, read_message, write_message};
+pub use message::{Codec, Message, Role};
+
+/// The protocol version this engine speaks. Engines of different versions refuse each other
+/// with a message naming both versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default replication port.
+pub const DEFAULT_PORT: u16 = 6320;
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// The most file data a sender puts in one `Ops` batch (16 MiB).
+pub const MAX_BATCH_DATA_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest frame payload accepted or sent: 16 MiB of data plus 1 MiB for paths, field
+/// names and other encoding overhead. Checked before any allocation.
+pub const MAX_FRAME_BYTES: u32 = 17 * 1024 * 1024;
+
+/// The most block hashes one `BlockHashes` reply carries (8 MiB of hashes, about 9 MiB
+/// encoded; with 64 KiB blocks, 32 GiB of file per query).
+pub const MAX_HASHES_PER_REPLY: u32 = 512 * 1024;
