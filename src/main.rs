@@ -1,1 +1,66 @@
-fn main() {}
+//! `understudy`: the daemon, the command-line interface, and the offline tools (audit replay,
+//! deterministic simulation, benchmarks) of the understudy replication engine.
+//!
+//! This is the only crate that picks a runtime, opens the sled store and wires real adapters.
+//! Exit status: 0 ok, 1 a job or a check failed, 2 an error (bad input, unreachable daemon).
+
+mod bench;
+mod cli;
+mod daemon;
+mod datadir;
+mod replay;
+mod simulate;
+
+use std::fmt;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// An error the user can fix: printed as one line, exit status 2.
+#[derive(Debug)]
+pub struct UserError(pub String);
+
+impl fmt::Display for UserError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// A check that failed (a corrupt history, a failed simulation): exit status 1.
+#[derive(Debug)]
+pub struct CheckFailed(pub String);
+
+impl fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    // Logs go to stderr; RUST_LOG chooses how much (the daemon says what it does at info).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,understudy=info,understudy_adapters=info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let Some(failed) = error.downcast_ref::<CheckFailed>() {
+                eprintln!("understudy: {failed}");
+                return ExitCode::from(1);
+            }
+            if let Some(user) = error.downcast_ref::<UserError>() {
+                eprintln!("understudy: {user}");
+            } else {
+                // Errors with context print their chain on one line: "what: because: because".
+                eprintln!("understudy: {error:#}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

@@ -17,6 +17,11 @@
 //!   versioned handshake and HMAC authentication;
 //! - [`queue`]: the source queue, memory first then 5 MB disk segments, with items kept in
 //!   flight until the target acknowledges them;
+//! - [`source`]: the source engine's side of a job: connection, pipe, mirror, verification,
+//!   change capture, bandwidth, all driven by effects;
+//! - [`target`]: the target engine: accepts replication connections and applies each job's
+//!   operations in order, acknowledging only what is durable;
+//! - [`script`]: runs a job's scripts with a timeout, keeping the end of their output;
 //! - [`error`]: every error of the crate, each with its retry class.
 //!
 //! Invariants:
@@ -29,6 +34,9 @@ mod bytes_serde;
 pub mod error;
 pub mod fsops;
 pub mod queue;
+pub mod script;
+pub mod source;
+pub mod target;
 pub mod wire;
 
 pub use error::{ApplyError, PathError, QueueError, SourceError, WireError};

@@ -14,10 +14,12 @@ use understudy_adapters::fsops::{
     BlockHash, BlockHashes, Entry, EntryKind, Meta, Operation, RelPath,
 };
 use understudy_adapters::wire::{
-    Codec, Compression, FrameDecoder, HandshakeConfig, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION,
-    Role, Secret, accept_handshake, connect_handshake, decode_payload, encode_frame, read_message,
-    write_message,
+    Codec, Compression, EncodedOp, FrameDecoder, HandshakeConfig, MAX_FRAME_BYTES, Message,
+    PROTOCOL_VERSION, Role, Secret, accept_handshake, connect_handshake, decode_payload,
+    encode_frame, read_message, write_message,
 };
+use understudy_core::effect::{ScriptResult, ScriptStage};
+use understudy_core::spec::{QueuePolicy, Script};
 use understudy_core::{ConnectionId, Failure, JobId};
 
 fn p(s: &str) -> RelPath {
@@ -79,13 +81,17 @@ fn every_message() -> Vec<Message> {
         Message::Proof { hmac: vec![2; 32] },
         Message::Open {
             job_id: JobId::from_parts(1_700_000_000_000, [3; 10]),
+            root: "/srv/replica".into(),
             session: ConnectionId(4),
             resume_from_seq: 5,
         },
         Message::Opened { last_applied_seq: 6 },
-        Message::Ops { first_seq: 7, ops: every_operation() },
+        Message::Ops {
+            first_seq: 7,
+            ops: every_operation().iter().map(|op| EncodedOp::encode(op).unwrap()).collect(),
+        },
         Message::Ack { seq: u64::MAX },
-        Message::Nack { seq: 8, error: Failure::persistent("disk full") },
+        Message::Nack { seq: 8, error: Failure::persistent("disk full"), disk_full: true },
         Message::Heartbeat { at_ms: 9 },
         Message::Pause,
         Message::Resume,
@@ -108,6 +114,24 @@ fn every_message() -> Vec<Message> {
             },
         },
         Message::QueryListDir { query_id: 12, path: RelPath::root() },
+        Message::RunScript {
+            request_id: 13,
+            stage: ScriptStage::PreCutover,
+            script: Script {
+                path: "/bin/true".into(),
+                args: vec!["a".into()],
+                delay_until_complete: true,
+                timeout_secs: 5,
+            },
+        },
+        Message::ScriptFinished {
+            request_id: 13,
+            result: ScriptResult { exit_code: Some(0), ..ScriptResult::default() },
+        },
+        Message::Settle { policy: QueuePolicy::Discard },
+        Message::Settled { operations: 14 },
+        Message::Release,
+        Message::Released,
         Message::ListDir { query_id: 12, entries: vec![entry()] },
         Message::QueryFailed { query_id: 13, error: Failure::permanent("escapes") },
         Message::Close { reason: "bye".into() },
@@ -118,7 +142,7 @@ fn every_message() -> Vec<Message> {
 fn every_message_round_trips_plain_and_compressed() {
     // Compressed itself is made by the encoder; check the list covers every other variant.
     let kinds: std::collections::BTreeSet<_> = every_message().iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 21);
+    assert_eq!(kinds.len(), 27);
     for compression in [Compression::None, Compression::Zstd { level: 3 }] {
         let mut stream = Vec::new();
         for m in every_message() {
@@ -138,7 +162,14 @@ fn every_message_round_trips_plain_and_compressed() {
 fn compression_shrinks_what_it_can_and_is_transparent() {
     let big = Message::Ops {
         first_seq: 1,
-        ops: vec![Operation::Write { path: p("f"), offset: 0, data: vec![b'a'; 1 << 20] }],
+        ops: vec![
+            EncodedOp::encode(&Operation::Write {
+                path: p("f"),
+                offset: 0,
+                data: vec![b'a'; 1 << 20],
+            })
+            .unwrap(),
+        ],
     };
     let plain = encode_frame(&big, Compression::None).unwrap();
     let zstd = encode_frame(&big, Compression::Zstd { level: 1 }).unwrap();
@@ -211,14 +242,8 @@ fn limits_are_enforced_before_allocation() {
     assert!(matches!(decode_payload(&trailing), Err(WireError::Malformed { .. })));
 
     // Sending: a message over the limit is refused so the caller splits the batch.
-    let huge = Message::Ops {
-        first_seq: 1,
-        ops: vec![Operation::Write {
-            path: p("f"),
-            offset: 0,
-            data: vec![0; MAX_FRAME_BYTES as usize],
-        }],
-    };
+    let huge =
+        Message::Ops { first_seq: 1, ops: vec![EncodedOp(vec![0; MAX_FRAME_BYTES as usize])] };
     assert!(matches!(
         encode_frame(&huge, Compression::Zstd { level: 1 }),
         Err(WireError::MessageTooLarge { .. })
@@ -231,7 +256,9 @@ fn arb_message() -> impl Strategy<Value = Message> {
         move |(i, n, data)| match all[i].clone() {
             Message::Ops { .. } => Message::Ops {
                 first_seq: n,
-                ops: vec![Operation::Write { path: p("x"), offset: n, data }],
+                ops: vec![
+                    EncodedOp::encode(&Operation::Write { path: p("x"), offset: n, data }).unwrap(),
+                ],
             },
             Message::Ack { .. } => Message::Ack { seq: n },
             Message::Proof { .. } => Message::Proof { hmac: data },

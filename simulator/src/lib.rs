@@ -14,4 +14,4 @@ pub mod sim;
 pub mod world;
 
 pub use rng::SimRng;
-pub use sim::{SimFailure, SimOptions, SimReport, SimStore, history_digest, run};
+pub use sim::{Opener, SimFailure, SimOptions, SimReport, SimStore, history_digest, run};

@@ -215,19 +215,20 @@ impl FaultyStore {
     }
 }
 
-/// Runs a simulation on the stores `open` returns (called again after each simulated crash;
-/// it must return a handle on the same underlying history).
+/// How the simulation gets a store: `open(None)` at the start, `open(Some(old))` after a
+/// simulated crash, which must drop `old` (releasing any lock) and return a new handle on the
+/// same underlying history.
+pub type Opener<'a> = dyn FnMut(Option<Box<dyn SimStore>>) -> Box<dyn SimStore> + 'a;
+
+/// Runs a simulation on the stores `open` gives.
 ///
 /// # Errors
 ///
 /// The first invariant that breaks, with the command that reproduces it.
-pub fn run(
-    options: &SimOptions,
-    open: &mut dyn FnMut() -> Box<dyn SimStore>,
-) -> Result<SimReport, SimFailure> {
+pub fn run(options: &SimOptions, open: &mut Opener<'_>) -> Result<SimReport, SimFailure> {
     let mut rng = SimRng::new(options.seed);
     let world = World::new(rng.fork());
-    let store = FaultyStore { inner: open(), rng: rng.fork(), failing: true, injected: 0 };
+    let store = FaultyStore { inner: open(None), rng: rng.fork(), failing: true, injected: 0 };
     let mut sim = Sim {
         options: options.clone(),
         engine: Engine::new(options.checkpoint_every),
@@ -290,7 +291,7 @@ impl Sim {
         DateTime::from_timestamp_millis(ms).expect("simulated time is a valid date")
     }
 
-    fn run(&mut self, open: &mut dyn FnMut() -> Box<dyn SimStore>) -> Result<(), SimFailure> {
+    fn run(&mut self, open: &mut Opener<'_>) -> Result<(), SimFailure> {
         let creates: Vec<CommandEnvelope> =
             (0..self.options.jobs).map(|_| self.create_command()).collect();
         self.execute(creates, open)?;
@@ -358,10 +359,7 @@ impl Sim {
         self.liveness(open)
     }
 
-    fn world_step(
-        &mut self,
-        open: &mut dyn FnMut() -> Box<dyn SimStore>,
-    ) -> Result<(), SimFailure> {
+    fn world_step(&mut self, open: &mut Opener<'_>) -> Result<(), SimFailure> {
         match self.world.step() {
             Some((at, completion)) => {
                 self.now_ms = self.now_ms.max(at);
@@ -377,7 +375,7 @@ impl Sim {
         }
     }
 
-    fn liveness(&mut self, open: &mut dyn FnMut() -> Box<dyn SimStore>) -> Result<(), SimFailure> {
+    fn liveness(&mut self, open: &mut Opener<'_>) -> Result<(), SimFailure> {
         self.store.failing = false;
         let healed: Vec<CommandEnvelope> =
             self.world.heal(self.now_ms).into_iter().map(adapter_command).collect();
@@ -577,11 +575,15 @@ impl Sim {
         None
     }
 
-    fn crash(&mut self, open: &mut dyn FnMut() -> Box<dyn SimStore>) -> Result<(), SimFailure> {
+    fn crash(&mut self, open: &mut Opener<'_>) -> Result<(), SimFailure> {
         self.report.crashes += 1;
         self.world.crash();
         // Everything in memory is gone; only the store survives.
-        self.store.inner = open();
+        let old = std::mem::replace(
+            &mut self.store.inner,
+            Box::new(understudy_core::MemEventStore::new()),
+        );
+        self.store.inner = open(Some(old));
         self.engine = Engine::new(self.options.checkpoint_every);
         let effects = self
             .engine
@@ -628,7 +630,7 @@ impl Sim {
     fn execute(
         &mut self,
         commands: Vec<CommandEnvelope>,
-        open: &mut dyn FnMut() -> Box<dyn SimStore>,
+        open: &mut Opener<'_>,
     ) -> Result<(), SimFailure> {
         if commands.is_empty() {
             return Ok(());

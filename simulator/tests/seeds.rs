@@ -20,7 +20,8 @@ fn seeds() -> Vec<u64> {
 fn simulate(seed: u64, steps: u64) -> (understudy_simulator::SimReport, String) {
     let store = Arc::new(MemEventStore::new());
     let options = SimOptions { seed, steps, ..SimOptions::default() };
-    let mut open = || -> Box<dyn SimStore> { Box::new(store.clone()) };
+    let mut open =
+        |_old: Option<Box<dyn SimStore>>| -> Box<dyn SimStore> { Box::new(store.clone()) };
     let report = run(&options, &mut open).unwrap_or_else(|failure| panic!("{failure}"));
     let digest = history_digest(&store).expect("the in-memory store reads");
     (report, digest)

@@ -68,7 +68,13 @@ pub fn observe(status: &mut JobStatus, data: &JobData, state: StateName, envelop
         | JobEvent::Deleted => {
             status.connected_since = None;
             status.connection_id = None;
-            if matches!(envelope.event, JobEvent::QueueExhausted | JobEvent::Stopped) {
+            if matches!(
+                envelope.event,
+                JobEvent::QueueExhausted
+                    | JobEvent::Stopped
+                    | JobEvent::TargetReleased
+                    | JobEvent::Deleted
+            ) {
                 status.replication_queue_bytes = 0;
                 status.disk_queue_bytes = 0;
             }

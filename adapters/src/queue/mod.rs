@@ -469,6 +469,22 @@ impl SourceQueue {
         }
     }
 
+    /// Drops everything and forgets the numbering, so the next push may start anywhere: what
+    /// auto-disconnect does with an exhausted queue, and what discarding it at cutover does.
+    pub fn reset(&mut self) -> Result<(), QueueError> {
+        self.unflush()?;
+        self.close_writer(false)?;
+        while let Some(segment) = self.segments.pop_front() {
+            remove(&segment.path)?;
+        }
+        self.mem.clear();
+        self.mem_bytes = 0;
+        self.sent = 0;
+        self.disk_bytes = 0;
+        self.last_pushed = None;
+        Ok(())
+    }
+
     /// Puts every in-flight item back to pending (after a reconnect: call
     /// [`SourceQueue::ack`] with the target's `last_applied_seq` first).
     pub fn rewind(&mut self) {

@@ -1,9 +1,51 @@
 //! The messages exchanged between a source engine and a target engine.
 
 use serde::{Deserialize, Serialize};
+use understudy_core::effect::{ScriptResult, ScriptStage};
+use understudy_core::spec::{QueuePolicy, Script};
 use understudy_core::{ConnectionId, Failure, JobId};
 
+use crate::error::WireError;
 use crate::fsops::{BlockHashes, Entry, Operation, RelPath};
+
+/// One operation, already encoded (named MessagePack). The source queue holds operations in
+/// this form, so a batch goes from the queue to the wire without decoding and re-encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EncodedOp(#[serde(with = "crate::bytes_serde")] pub Vec<u8>);
+
+impl EncodedOp {
+    /// Encodes an operation.
+    ///
+    /// # Errors
+    ///
+    /// The operation cannot be encoded (it always can: its types are plain data).
+    pub fn encode(op: &Operation) -> Result<EncodedOp, WireError> {
+        rmp_serde::to_vec_named(op)
+            .map(EncodedOp)
+            .map_err(|e| WireError::Encode { kind: "Operation", reason: e.to_string() })
+    }
+
+    /// Decodes the operation.
+    ///
+    /// # Errors
+    ///
+    /// The bytes are not an operation (a malformed frame from the peer).
+    pub fn decode(&self) -> Result<Operation, WireError> {
+        rmp_serde::from_slice(&self.0)
+            .map_err(|e| WireError::Malformed { reason: format!("operation: {e}") })
+    }
+
+    /// Encoded size.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether empty (never, for a real operation).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// Which end of a replication connection an engine is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,6 +121,9 @@ pub enum Message {
     Open {
         /// The job.
         job_id: JobId,
+        /// The replica's root folder on the target (absolute).
+        #[serde(default)]
+        root: String,
         /// The connection number (incremented by the source at each (re)connection).
         session: ConnectionId,
         /// The first sequence number the source still holds (everything before it was
@@ -96,8 +141,8 @@ pub enum Message {
     Ops {
         /// The first operation's sequence number.
         first_seq: u64,
-        /// The operations, in order.
-        ops: Vec<Operation>,
+        /// The operations, in order, each encoded on its own.
+        ops: Vec<EncodedOp>,
     },
     /// Everything up to and including `seq` is durable on the target.
     Ack {
@@ -111,6 +156,9 @@ pub enum Message {
         seq: u64,
         /// Why, classified for retry.
         error: Failure,
+        /// The target's volume is full (the job shows target data state Mirror Required).
+        #[serde(default)]
+        disk_full: bool,
     },
     /// Liveness, either direction.
     Heartbeat {
@@ -182,6 +230,38 @@ pub enum Message {
         error: Failure,
     },
 
+    // ----- cutover and failover, run by the target engine -----
+    /// Run a script on the target (pre/post cutover, mirror scripts).
+    RunScript {
+        /// Matches the reply.
+        request_id: u64,
+        /// Which script.
+        stage: ScriptStage,
+        /// The script.
+        script: Script,
+    },
+    /// Answer to [`Message::RunScript`].
+    ScriptFinished {
+        /// The request answered.
+        request_id: u64,
+        /// How it ended.
+        result: ScriptResult,
+    },
+    /// Apply or discard what the target has received but not applied; answered once done.
+    Settle {
+        /// Apply or discard.
+        policy: QueuePolicy,
+    },
+    /// Answer to [`Message::Settle`].
+    Settled {
+        /// Operations applied (or discarded) to settle.
+        operations: u64,
+    },
+    /// Replication ends: the target releases the replica (unblocks it) for its new role.
+    Release,
+    /// Answer to [`Message::Release`].
+    Released,
+
     // ----- end and framing -----
     /// Orderly close.
     Close {
@@ -225,6 +305,12 @@ impl Message {
             Message::QueryListDir { .. } => "QueryListDir",
             Message::ListDir { .. } => "ListDir",
             Message::QueryFailed { .. } => "QueryFailed",
+            Message::RunScript { .. } => "RunScript",
+            Message::ScriptFinished { .. } => "ScriptFinished",
+            Message::Settle { .. } => "Settle",
+            Message::Settled { .. } => "Settled",
+            Message::Release => "Release",
+            Message::Released => "Released",
             Message::Close { .. } => "Close",
             Message::Compressed { .. } => "Compressed",
         }

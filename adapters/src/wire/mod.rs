@@ -23,7 +23,7 @@ pub mod message;
 pub use auth::{HandshakeConfig, Peer, Secret, accept_handshake, connect_handshake};
 pub use frame::{Compression, EncodedFrame, FrameDecoder, decode_payload, encode_frame};
 pub use io::{FrameStats, read_message, write_message};
-pub use message::{Codec, Message, Role};
+pub use message::{Codec, EncodedOp, Message, Role};
 
 /// The protocol version this engine speaks. Engines of different versions refuse each other
 /// with a message naming both versions.

@@ -1,0 +1,440 @@
+//! Change capture: watch the source tree and queue every change, reading the changed file
+//! when the change is seen and sending only the blocks that differ from what the target holds.
+//!
+//! The watch (inotify through `notify`, one watch per folder) is a hint, never the source of
+//! truth: each notification marks a path dirty, and the path is then looked at as it is now.
+//! Bursts on one file coalesce within a few milliseconds. A move inside the tree becomes one
+//! `Rename` (a folder moves with its whole subtree); a move out of it is a removal, into it a
+//! creation. When the kernel's event queue overflows, the tree is rescanned against the shadow
+//! (attributes only: local and cheap), not remirrored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::event::{ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+
+use super::files::{SendError, send_file, shadow_target};
+use super::pipe::{Pipe, Producer, Shadow};
+use crate::fsops::{EntryKind, Meta, Operation, RelPath, scan};
+
+/// How long a burst of notifications is gathered before it is acted on.
+pub const COALESCE: Duration = Duration::from_millis(5);
+
+/// What capture tells the job.
+#[derive(Debug)]
+pub enum CaptureEvent {
+    /// The queue is exhausted: the job must auto-disconnect.
+    Exhausted(String),
+    /// The watch failed or overflowed (with what was done about it).
+    Trouble(String),
+}
+
+/// A running capture; dropping it stops the watch and the worker.
+pub struct Capture {
+    _watcher: RecommendedWatcher,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Starts watching `pipe.root`. The watch is in place when this returns: start it before a
+/// mirror walks, so no change slips between them.
+///
+/// # Errors
+///
+/// The watch cannot be set up (most often the inotify watch limit), with what to do.
+pub fn start(
+    pipe: Arc<Pipe>,
+    tell: Arc<dyn Fn(CaptureEvent) + Send + Sync>,
+) -> Result<Capture, String> {
+    let (tx, rx) = mpsc::channel::<notify::Result<Event>>();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
+    })
+    .map_err(|e| watch_error(&pipe.root, &e))?;
+    watcher.watch(&pipe.root, RecursiveMode::Recursive).map_err(|e| watch_error(&pipe.root, &e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker_stop = Arc::clone(&stop);
+    let worker = std::thread::Builder::new()
+        .name(format!("capture-{}", pipe.job.short()))
+        .spawn(move || {
+            Worker { pipe, tell, pending_from: BTreeMap::new(), told_exhausted: false }
+                .run(&rx, &worker_stop)
+        })
+        .map_err(|e| format!("cannot start the change capture thread: {e}"))?;
+    Ok(Capture { _watcher: watcher, stop, worker: Some(worker) })
+}
+
+fn watch_error(root: &Path, error: &notify::Error) -> String {
+    let text = error.to_string();
+    if text.contains("No space left")
+        || text.contains("MaxFilesWatch")
+        || text.contains("max_user_watches")
+    {
+        format!(
+            "cannot watch {}: the kernel's inotify watch limit is reached (one watch per folder); raise fs.inotify.max_user_watches (sysctl) and start the job again",
+            root.display()
+        )
+    } else {
+        format!("cannot watch {} for changes: {text}", root.display())
+    }
+}
+
+struct Worker {
+    pipe: Arc<Pipe>,
+    tell: Arc<dyn Fn(CaptureEvent) + Send + Sync>,
+    /// Moves out of a place, waiting (one round) for their other half.
+    pending_from: BTreeMap<RelPath, u8>,
+    told_exhausted: bool,
+}
+
+impl Worker {
+    fn run(mut self, rx: &mpsc::Receiver<notify::Result<Event>>, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(event) => event,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !self.pending_from.is_empty() {
+                        self.handle(Vec::new());
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            let deadline = Instant::now() + COALESCE;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            self.handle(batch);
+        }
+    }
+
+    fn relative(&self, path: &Path) -> Option<RelPath> {
+        let rel = path.strip_prefix(&self.pipe.root).ok()?;
+        if rel.as_os_str().is_empty() {
+            return Some(RelPath::root());
+        }
+        RelPath::from_path(rel).ok().filter(|p| !self.pipe.excluded(p))
+    }
+
+    fn handle(&mut self, batch: Vec<notify::Result<Event>>) {
+        if self.pipe.exhausted() {
+            // Waiting for the auto-disconnect; the remirror after it catches up.
+            return;
+        }
+        self.told_exhausted = false;
+        let mut dirty: BTreeSet<RelPath> = BTreeSet::new();
+        let mut renames: Vec<(RelPath, RelPath)> = Vec::new();
+        let mut rescan = false;
+        for event in batch {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    (self.tell)(CaptureEvent::Trouble(format!(
+                        "change notification failed: {error}; rescanning"
+                    )));
+                    rescan = true;
+                    continue;
+                }
+            };
+            if event.need_rescan() {
+                rescan = true;
+                continue;
+            }
+            let paths: Vec<Option<RelPath>> =
+                event.paths.iter().map(|p| self.relative(p)).collect();
+            match event.kind {
+                EventKind::Access(_) => {}
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                    match (paths.first(), paths.get(1)) {
+                        (Some(Some(from)), Some(Some(to))) => {
+                            self.pending_from.remove(from);
+                            renames.push((from.clone(), to.clone()));
+                        }
+                        // Into or out of the excluded part: a creation or a removal.
+                        (Some(from), Some(to)) => {
+                            dirty.extend(from.iter().chain(to.iter()).cloned())
+                        }
+                        _ => {}
+                    }
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                    for path in paths.into_iter().flatten() {
+                        self.pending_from.insert(path, 0);
+                    }
+                }
+                _ => dirty.extend(paths.into_iter().flatten()),
+            }
+        }
+        // A move out whose other half did not come within a round is a removal.
+        let mut expired = Vec::new();
+        for (path, rounds) in &mut self.pending_from {
+            *rounds += 1;
+            if *rounds > 2 {
+                expired.push(path.clone());
+            }
+        }
+        for path in expired {
+            self.pending_from.remove(&path);
+            dirty.insert(path);
+        }
+        if rescan {
+            (self.tell)(CaptureEvent::Trouble(
+                "the kernel's change queue overflowed: rescanning the source against what was sent"
+                    .into(),
+            ));
+            dirty.extend(self.rescan());
+        }
+        let result = self.apply(renames, dirty);
+        if let Err(SendError::Exhausted(e)) = result
+            && !self.told_exhausted
+        {
+            self.told_exhausted = true;
+            (self.tell)(CaptureEvent::Exhausted(e.0));
+        }
+    }
+
+    fn apply(
+        &mut self,
+        renames: Vec<(RelPath, RelPath)>,
+        dirty: BTreeSet<RelPath>,
+    ) -> Result<(), SendError> {
+        for (from, to) in renames {
+            let mut state = self.pipe.lock();
+            if state.shadow.contains_key(&from) {
+                state.enqueue(
+                    vec![Operation::Rename { from: from.clone(), to: to.clone() }],
+                    Producer::Replication,
+                )?;
+                // The shadow moves with the subtree.
+                let moved: Vec<(RelPath, Shadow)> = state
+                    .shadow
+                    .range(from.clone()..)
+                    .take_while(|(p, _)| p.starts_with(&from))
+                    .map(|(p, s)| (p.clone(), s.clone()))
+                    .collect();
+                for (old, shadow) in moved {
+                    state.shadow.remove(&old);
+                    let rest = &old.as_bytes()[from.as_bytes().len()..];
+                    let mut new = to.as_bytes().to_vec();
+                    new.extend_from_slice(rest);
+                    if let Ok(new) = RelPath::new(new) {
+                        state.shadow.insert(new, shadow);
+                    }
+                }
+                drop(state);
+                self.pipe.notify();
+                // Changes made after the move are caught by looking at the new place.
+                self.look_at(&to)?;
+            } else {
+                drop(state);
+                self.look_at(&from)?;
+                self.look_at(&to)?;
+            }
+            self.touch_parent(&from)?;
+            self.touch_parent(&to)?;
+        }
+        let mut parents = BTreeSet::new();
+        for path in &dirty {
+            self.look_at(path)?;
+            if let Some(parent) = path.parent() {
+                parents.insert(parent);
+            }
+        }
+        // A folder's entries changed, and with them its mtime: send its attributes after.
+        for parent in parents.into_iter().rev() {
+            if !dirty.contains(&parent) {
+                self.touch_parent_dir(&parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn touch_parent(&self, path: &RelPath) -> Result<(), SendError> {
+        match path.parent() {
+            Some(parent) => self.touch_parent_dir(&parent),
+            None => Ok(()),
+        }
+    }
+
+    fn touch_parent_dir(&self, dir: &RelPath) -> Result<(), SendError> {
+        let local = dir.to_local(&self.pipe.root);
+        let Ok(metadata) = std::fs::symlink_metadata(&local) else { return Ok(()) };
+        if metadata.is_dir() {
+            let mut state = self.pipe.lock();
+            state.enqueue(
+                vec![Operation::SetMeta {
+                    path: dir.clone(),
+                    meta: Meta::from_metadata(&metadata),
+                }],
+                Producer::Replication,
+            )?;
+            drop(state);
+            self.pipe.notify();
+        }
+        Ok(())
+    }
+
+    /// Makes the target's `path` what the source's is now.
+    fn look_at(&self, path: &RelPath) -> Result<(), SendError> {
+        if path.is_root() {
+            return self.touch_parent_dir(path);
+        }
+        let local = path.to_local(&self.pipe.root);
+        let metadata = match std::fs::symlink_metadata(&local) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let mut state = self.pipe.lock();
+                state.enqueue(
+                    vec![Operation::Remove { path: path.clone() }],
+                    Producer::Replication,
+                )?;
+                let gone: Vec<RelPath> = state
+                    .shadow
+                    .range(path.clone()..)
+                    .take_while(|(p, _)| p.starts_with(path))
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in gone {
+                    state.shadow.remove(&p);
+                }
+                drop(state);
+                self.pipe.notify();
+                return Ok(());
+            }
+            Err(_) => return Ok(()), // unreadable now; a later change or verification catches it
+        };
+        let meta = Meta::from_metadata(&metadata);
+        let file_type = metadata.file_type();
+        if file_type.is_dir() {
+            let known = matches!(self.pipe.lock().shadow.get(path), Some(Shadow::Dir));
+            if known {
+                let mut state = self.pipe.lock();
+                state.enqueue(
+                    vec![Operation::SetMeta { path: path.clone(), meta }],
+                    Producer::Replication,
+                )?;
+                drop(state);
+                self.pipe.notify();
+                return Ok(());
+            }
+            // A new folder: its contents may have been created before its watch was added.
+            let mut state = self.pipe.lock();
+            state.enqueue(
+                vec![Operation::MakeDir { path: path.clone(), meta }],
+                Producer::Replication,
+            )?;
+            state.shadow.insert(path.clone(), Shadow::Dir);
+            drop(state);
+            self.pipe.notify();
+            let mut entries: Vec<RelPath> = scan(&local)
+                .filter_map(Result::ok)
+                .filter(|e| !e.path.is_root())
+                .filter_map(|e| {
+                    let mut full = path.as_bytes().to_vec();
+                    full.push(b'/');
+                    full.extend_from_slice(e.path.as_bytes());
+                    RelPath::new(full).ok()
+                })
+                .collect();
+            entries.sort();
+            for entry in &entries {
+                if !self.pipe.excluded(entry) {
+                    self.look_at(entry)?;
+                }
+            }
+            return self.touch_parent_dir(path);
+        }
+        if file_type.is_symlink() {
+            let Ok(target) = std::fs::read_link(&local) else { return Ok(()) };
+            let target = std::os::unix::ffi::OsStringExt::into_vec(target.into_os_string());
+            let mut state = self.pipe.lock();
+            if state.shadow.get(path) != Some(&Shadow::Symlink(target.clone())) {
+                state.enqueue(
+                    vec![
+                        Operation::Symlink { path: path.clone(), target: target.clone() },
+                        Operation::SetMeta { path: path.clone(), meta },
+                    ],
+                    Producer::Replication,
+                )?;
+                state.shadow.insert(path.clone(), Shadow::Symlink(target));
+                drop(state);
+                self.pipe.notify();
+            }
+            return Ok(());
+        }
+        if file_type.is_file() {
+            let target = shadow_target(&self.pipe, path);
+            return match send_file(&self.pipe, path, target.as_ref(), Producer::Replication) {
+                Ok(_) | Err(SendError::Vanished | SendError::Unreadable(_)) => Ok(()),
+                Err(e @ SendError::Exhausted(_)) => Err(e),
+            };
+        }
+        Ok(()) // devices, FIFOs and sockets are not replicated
+    }
+
+    /// After an overflow: every path whose kind, size or mtime differs from the shadow, and
+    /// every shadow path the source no longer has.
+    fn rescan(&self) -> BTreeSet<RelPath> {
+        let mut dirty = BTreeSet::new();
+        let mut present = BTreeSet::new();
+        let mut walker = scan(&self.pipe.root);
+        while let Some(item) = walker.next() {
+            let Ok(entry) = item else { continue };
+            if entry.path.is_root() {
+                continue;
+            }
+            if self.pipe.excluded(&entry.path) {
+                if entry.kind == EntryKind::Dir {
+                    walker.skip_dir();
+                }
+                continue;
+            }
+            present.insert(entry.path.clone());
+            let state = self.pipe.lock();
+            let same = match (state.shadow.get(&entry.path), entry.kind) {
+                (Some(Shadow::File { size, mtime_ns, .. }), EntryKind::File) => {
+                    *size == entry.meta.size_bytes && *mtime_ns == entry.meta.mtime_ns
+                }
+                (Some(Shadow::Dir), EntryKind::Dir) => true,
+                (Some(Shadow::Symlink(t)), EntryKind::Symlink) => {
+                    entry.link_target.as_deref() == Some(&t[..])
+                }
+                _ => false,
+            };
+            if !same {
+                dirty.insert(entry.path.clone());
+            }
+        }
+        let state = self.pipe.lock();
+        for path in state.shadow.keys() {
+            if !present.contains(path) {
+                dirty.insert(path.clone());
+            }
+        }
+        dirty
+    }
+}

@@ -1,0 +1,377 @@
+//! A job's outgoing stream: one ordered queue of operations that the mirror, verification and
+//! change capture all feed, and that the sender drains to the target.
+//!
+//! One queue, one order: every producer reads the source *when it enqueues*, under the pipe's
+//! lock, so the order of the queue is the order in which the source was read. Whatever the
+//! interleaving of a mirror's walk and the changes captured meanwhile, the target applies
+//! reads of the source in the order they were made and ends where the source is. (A change
+//! seen before the mirror reaches a file is overwritten by the mirror's newer read; one seen
+//! after is applied after it.)
+//!
+//! The pipe also keeps the *shadow*: what the target holds as far as this source knows (size,
+//! mtime and block hashes of each file it sent), so a change to a large file sends only the
+//! blocks that differ.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use understudy_core::JobId;
+
+use super::link::LinkStats;
+use crate::error::QueueError;
+use crate::fsops::{BlockHash, Operation, RelPath};
+use crate::queue::{QueueLimits, QueueUsage, SourceQueue};
+use crate::wire::EncodedOp;
+
+/// What the target holds for a path, as far as this source knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shadow {
+    /// A file of this size and mtime; its block hashes when the source read it whole.
+    File {
+        /// Size.
+        size: u64,
+        /// Modification time (ns).
+        mtime_ns: i64,
+        /// One hash per 64 KiB block, when known.
+        hashes: Option<Vec<BlockHash>>,
+    },
+    /// A directory.
+    Dir,
+    /// A symlink to this target.
+    Symlink(Vec<u8>),
+}
+
+/// Who enqueued an operation: replication latency is measured on changes only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Producer {
+    /// A mirror or a verification's remirror.
+    Mirror,
+    /// Change capture.
+    Replication,
+}
+
+/// The pipe's lock: the queue, the shadow, and the numbering.
+#[derive(Debug)]
+pub struct PipeState {
+    queue: SourceQueue,
+    next_seq: u64,
+    acked: u64,
+    /// What the target holds, by path.
+    pub shadow: BTreeMap<RelPath, Shadow>,
+    /// Enqueue times of replication operations not yet acknowledged.
+    stamps: VecDeque<(u64, Instant)>,
+    exhausted: bool,
+    /// Bytes of file data enqueued by replication (for the TDU and the statistics).
+    pub replication_bytes: u64,
+}
+
+/// The queue is exhausted: the job auto-disconnects and a remirror follows.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the source queue is exhausted: {0}")]
+pub struct Exhausted(pub String);
+
+impl PipeState {
+    /// Queues operations read from the source now.
+    ///
+    /// # Errors
+    ///
+    /// The queue is (or just became) exhausted; nothing more is queued until a reset.
+    pub fn enqueue(
+        &mut self,
+        ops: impl IntoIterator<Item = Operation>,
+        producer: Producer,
+    ) -> Result<u64, Exhausted> {
+        if self.exhausted {
+            return Err(Exhausted("waiting for the auto-disconnect".into()));
+        }
+        for op in ops {
+            let encoded = EncodedOp::encode(&op).map_err(|e| Exhausted(e.to_string()))?;
+            if producer == Producer::Replication
+                && let Operation::Write { data, .. } = &op
+            {
+                self.replication_bytes += data.len() as u64;
+            }
+            match self.queue.push(self.next_seq, encoded.0) {
+                Ok(()) => {}
+                Err(error @ QueueError::Full { .. }) => {
+                    self.exhausted = true;
+                    return Err(Exhausted(error.to_string()));
+                }
+                Err(error) => {
+                    self.exhausted = true;
+                    return Err(Exhausted(format!("the queue failed: {error}")));
+                }
+            }
+            if producer == Producer::Replication {
+                self.stamps.push_back((self.next_seq, Instant::now()));
+            }
+            self.next_seq += 1;
+        }
+        Ok(self.next_seq - 1)
+    }
+
+    /// The last sequence number enqueued.
+    pub fn last_enqueued(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Operations waiting or in flight.
+    pub fn queued(&self) -> u64 {
+        self.queue.len()
+    }
+}
+
+/// A job's pipe.
+#[derive(Debug)]
+pub struct Pipe {
+    /// The job.
+    pub job: JobId,
+    /// The source root.
+    pub root: PathBuf,
+    /// Relative paths left out of the job.
+    pub excludes: Vec<RelPath>,
+    state: Mutex<PipeState>,
+    /// Signalled when operations are enqueued or acknowledged.
+    pub changed: Notify,
+    /// The last acknowledged sequence number (readable without the lock).
+    pub acked: AtomicU64,
+    /// Mirror traffic is held (the target asked, or the job is paused).
+    pub paused: AtomicBool,
+    /// Bytes out on the wire, before and after compression, across connections.
+    pub stats: Arc<LinkStats>,
+    /// Replication latencies measured (enqueue → durable on the target), most recent last.
+    latencies: Mutex<VecDeque<u64>>,
+}
+
+impl Pipe {
+    /// Opens the job's pipe with its queue in `queue_dir`.
+    ///
+    /// # Errors
+    ///
+    /// The queue cannot be opened.
+    pub fn open(
+        job: JobId,
+        root: PathBuf,
+        excludes: Vec<RelPath>,
+        queue_dir: &Path,
+        limits: QueueLimits,
+    ) -> Result<Arc<Pipe>, QueueError> {
+        let queue = SourceQueue::open(queue_dir, &job.to_string(), limits)?;
+        let state = PipeState {
+            queue,
+            next_seq: 1,
+            acked: 0,
+            shadow: BTreeMap::new(),
+            stamps: VecDeque::new(),
+            exhausted: false,
+            replication_bytes: 0,
+        };
+        Ok(Arc::new(Pipe {
+            job,
+            root,
+            excludes,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            acked: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            stats: Arc::new(LinkStats::default()),
+            latencies: Mutex::new(VecDeque::new()),
+        }))
+    }
+
+    /// Takes the lock: read the source and enqueue while holding it.
+    pub fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes the sender after enqueueing.
+    pub fn notify(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Whether `path` is left out of the job.
+    pub fn excluded(&self, path: &RelPath) -> bool {
+        self.excludes.iter().any(|e| path.starts_with(e))
+    }
+
+    /// A session opened: the target has everything up to `last_applied`. Drops what it has,
+    /// resends the rest, and numbers on from there when nothing is queued.
+    ///
+    /// # Errors
+    ///
+    /// The queue failed.
+    pub fn connected(&self, last_applied: u64) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        state.queue.ack(last_applied)?;
+        state.queue.rewind();
+        if state.queue.is_empty() {
+            state.next_seq = last_applied + 1;
+        }
+        state.acked = last_applied;
+        state.stamps.retain(|(seq, _)| *seq > last_applied);
+        drop(state);
+        self.acked.store(last_applied, Ordering::SeqCst);
+        self.notify();
+        Ok(())
+    }
+
+    /// The first sequence number the pipe still holds (for `Open`).
+    pub fn resume_from(&self) -> u64 {
+        self.lock().acked + 1
+    }
+
+    /// Takes the next batch to send: at most `max_bytes` of encoded operations (at least one).
+    ///
+    /// # Errors
+    ///
+    /// The queue failed.
+    pub fn next_batch(
+        &self,
+        max_bytes: usize,
+        max_ops: usize,
+    ) -> Result<Option<(u64, Vec<EncodedOp>)>, QueueError> {
+        let mut state = self.lock();
+        let mut first = None;
+        let mut ops = Vec::new();
+        let mut bytes = 0usize;
+        while ops.len() < max_ops {
+            match state.queue.peek()? {
+                Some((_, data)) if !ops.is_empty() && bytes + data.len() > max_bytes => break,
+                Some(_) => {}
+                None => break,
+            }
+            let (seq, data) = state.queue.pop()?.expect("peeked above");
+            first.get_or_insert(seq);
+            bytes += data.len();
+            ops.push(EncodedOp(data));
+        }
+        Ok(first.map(|first| (first, ops)))
+    }
+
+    /// The target made everything up to `seq` durable.
+    ///
+    /// # Errors
+    ///
+    /// The queue failed.
+    pub fn ack(&self, seq: u64) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        if seq <= state.acked {
+            return Ok(());
+        }
+        state.queue.ack(seq)?;
+        state.acked = seq;
+        let now = Instant::now();
+        let mut measured = Vec::new();
+        while let Some((stamped, at)) = state.stamps.front().copied() {
+            if stamped > seq {
+                break;
+            }
+            state.stamps.pop_front();
+            measured.push(u64::try_from(now.duration_since(at).as_millis()).unwrap_or(u64::MAX));
+        }
+        drop(state);
+        self.acked.store(seq, Ordering::SeqCst);
+        if !measured.is_empty() {
+            let mut latencies =
+                self.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            latencies.extend(measured);
+            while latencies.len() > 10_000 {
+                latencies.pop_front();
+            }
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Drops everything queued and everything known about the target: after an exhausted
+    /// queue (auto-disconnect), a stop, or a discard at cutover. A remirror follows.
+    ///
+    /// # Errors
+    ///
+    /// The queue failed.
+    pub fn reset(&self) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        state.queue.reset()?;
+        state.shadow.clear();
+        state.stamps.clear();
+        state.exhausted = false;
+        state.next_seq = state.acked + 1;
+        drop(state);
+        self.notify();
+        Ok(())
+    }
+
+    /// Whether the queue is exhausted (waiting for the auto-disconnect).
+    pub fn exhausted(&self) -> bool {
+        self.lock().exhausted
+    }
+
+    /// Whether everything enqueued is durable on the target.
+    pub fn drained(&self) -> bool {
+        let state = self.lock();
+        state.acked >= state.next_seq - 1
+    }
+
+    /// Waits until everything enqueued up to `seq` is durable on the target.
+    pub async fn wait_acked(&self, seq: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.acked.load(Ordering::SeqCst) >= seq {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Queue usage now.
+    ///
+    /// # Errors
+    ///
+    /// The queue failed.
+    pub fn usage(&self) -> Result<QueueUsage, QueueError> {
+        self.lock().queue.usage()
+    }
+
+    /// How far behind the target is: the age of the oldest unacknowledged change, or the last
+    /// measured latency when everything is acknowledged.
+    pub fn recovery_point_latency_ms(&self) -> Option<u64> {
+        let oldest = self.lock().stamps.front().map(|(_, at)| at.elapsed());
+        match oldest {
+            Some(age) => Some(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            None => self
+                .latencies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .back()
+                .copied(),
+        }
+    }
+
+    /// Measured replication latencies, oldest first (at most the last 10,000).
+    pub fn latencies_ms(&self) -> Vec<u64> {
+        self.latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Flushes the queue to disk for a clean shutdown.
+    ///
+    /// # Errors
+    ///
+    /// The queue failed.
+    pub fn flush_to_disk(&self) -> Result<(), QueueError> {
+        self.lock().queue.flush_to_disk()
+    }
+
+    /// Applies new queue limits.
+    pub fn set_limits(&self, limits: QueueLimits) {
+        self.lock().queue.set_limits(limits);
+    }
+}

@@ -1,0 +1,435 @@
+//! One replication connection on the target: handshake, `Open`, then the applier.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use understudy_core::Failure;
+use understudy_core::effect::Retry;
+use understudy_core::spec::QueuePolicy;
+
+use super::TargetService;
+use crate::error::{ApplyError, WireError};
+use crate::fsops::{Operation, RelPath, TargetRoot, block_hashes_range};
+use crate::script::run_script;
+use crate::wire::{
+    Compression, EncodedOp, HandshakeConfig, MAX_HASHES_PER_REPLY, Message, PROTOCOL_VERSION, Role,
+    accept_handshake, read_message, write_message,
+};
+
+/// Messages buffered between the reader and the applier (frames of up to 16 MiB each, so this
+/// bounds the target's memory per session at about 1 GiB in the worst case; typically a few).
+const INBOX_FRAMES: usize = 64;
+
+pub(super) async fn serve(
+    service: Arc<TargetService>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WireError> {
+    let config = &service.config;
+    if config.secret.is_none() && !peer.ip().is_loopback() {
+        service.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let reason = "this engine has no shared secret, so it accepts only loopback peers: start both engines of the pair with --secret-file FILE (the same file)".to_string();
+        tracing::warn!(%peer, "refused a non-loopback peer: no shared secret is configured");
+        let refused =
+            Message::Refused { reason: reason.clone(), protocol_version: PROTOCOL_VERSION };
+        let _ = write_message(&mut stream, &refused, Compression::None).await;
+        return Err(WireError::Refused { reason });
+    }
+    let handshake = HandshakeConfig {
+        engine_id: config.engine_id.clone(),
+        role: Role::Target,
+        secret: config.secret.clone(),
+    };
+    let peer_info = match tokio::time::timeout(
+        config.handshake_timeout,
+        accept_handshake(&mut stream, &handshake),
+    )
+    .await
+    {
+        Ok(Ok(info)) => info,
+        Ok(Err(error)) => {
+            service.counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, %error, "refused a replication peer during the handshake");
+            return Err(error);
+        }
+        Err(_) => {
+            service.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(WireError::Refused {
+                reason: format!("{peer} did not finish the handshake in time"),
+            });
+        }
+    };
+    let (job, root, resume_from) = match read_message(&mut stream).await? {
+        Message::Open { job_id, root, resume_from_seq, .. } => (job_id, root, resume_from_seq),
+        other => {
+            service.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(WireError::Unexpected { expected: "Open", got: other.kind() });
+        }
+    };
+    let state_path = config.state_dir.join(job.to_string());
+    let opened = open_session(&root, &state_path);
+    let (target, mut state) = match opened {
+        Ok(opened) => opened,
+        Err(reason) => {
+            let refused =
+                Message::Refused { reason: reason.clone(), protocol_version: PROTOCOL_VERSION };
+            let _ = write_message(&mut stream, &refused, Compression::None).await;
+            return Err(WireError::Refused { reason });
+        }
+    };
+    let last_applied = state.last_applied;
+    tracing::info!(%peer, engine = %peer_info.engine_id, %job, root, last_applied, resume_from, "replication session opened");
+    write_message(
+        &mut stream,
+        &Message::Opened { last_applied_seq: last_applied },
+        Compression::None,
+    )
+    .await?;
+    service.counters.sessions.fetch_add(1, Ordering::Relaxed);
+    let stop = service.claim(job);
+
+    let (reader, writer) = stream.into_split();
+    let (inbox_tx, inbox_rx) = mpsc::channel::<Message>(INBOX_FRAMES);
+    let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel::<Message>();
+
+    let writer_task = tokio::spawn(async move {
+        let mut writer = BufWriter::new(writer);
+        while let Some(message) = outbox_rx.recv().await {
+            if write_message(&mut writer, &message, Compression::None).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+
+    let applier_service = Arc::clone(&service);
+    let applier_stop = Arc::clone(&stop);
+    let handle = tokio::runtime::Handle::current();
+    let applier = tokio::task::spawn_blocking(move || {
+        let mut applier = Applier {
+            service: applier_service,
+            target,
+            state: &mut state,
+            outbox: outbox_tx,
+            stop: applier_stop,
+            runtime: handle,
+            dirty: false,
+            acked: last_applied,
+            last_sync: Instant::now(),
+        };
+        applier.run(inbox_rx)
+    });
+
+    let mut reader = reader;
+    let read_result = loop {
+        tokio::select! {
+            message = read_message(&mut reader) => match message {
+                Ok(Message::Compressed { .. }) => unreachable!("the decoder removes compression"),
+                Ok(message) => {
+                    if inbox_tx.send(message).await.is_err() {
+                        break Ok(()); // the applier ended the session
+                    }
+                }
+                Err(WireError::Closed) => break Ok(()),
+                Err(error) => {
+                    if matches!(error, WireError::FrameTooLarge { .. } | WireError::Malformed { .. } | WireError::Compression { .. }) {
+                        service.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break Err(error);
+                }
+            },
+            _ = shutdown.changed() => break Ok(()),
+        }
+        if stop.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+    };
+    drop(inbox_tx);
+    let applied = applier.await.unwrap_or_else(|e| Err(format!("the applier panicked: {e}")));
+    let _ = writer_task.await;
+    service.release(job, &stop);
+    if let Err(reason) = applied {
+        service.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, %job, reason, "replication session ended on an error");
+    }
+    read_result
+}
+
+/// The target's durable record of a job: the last sequence number made durable.
+struct SessionState {
+    file: File,
+    last_applied: u64,
+}
+
+impl SessionState {
+    fn persist(&mut self, seq: u64) -> std::io::Result<()> {
+        self.file.write_all_at(&seq.to_be_bytes(), 0)?;
+        self.file.sync_data()?;
+        self.last_applied = seq;
+        Ok(())
+    }
+}
+
+fn open_session(root: &str, state_path: &Path) -> Result<(TargetRoot, SessionState), String> {
+    let root_path = PathBuf::from(root);
+    if !root_path.is_absolute() {
+        return Err(format!("the target root {root:?} is not an absolute path"));
+    }
+    std::fs::create_dir_all(&root_path)
+        .map_err(|e| format!("cannot create the target root {root}: {e}"))?;
+    let target = TargetRoot::open(&root_path).map_err(|e| e.to_string())?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(state_path)
+        .map_err(|e| format!("cannot open the target's state {}: {e}", state_path.display()))?;
+    let mut bytes = [0u8; 8];
+    let last_applied = match file.read_exact_at(&mut bytes, 0) {
+        Ok(()) => u64::from_be_bytes(bytes),
+        Err(_) => {
+            file.write_all(&0u64.to_be_bytes()).map_err(|e| e.to_string())?;
+            0
+        }
+    };
+    Ok((target, SessionState { file, last_applied }))
+}
+
+struct Applier<'a> {
+    service: Arc<TargetService>,
+    target: TargetRoot,
+    state: &'a mut SessionState,
+    outbox: mpsc::UnboundedSender<Message>,
+    stop: Arc<AtomicBool>,
+    runtime: tokio::runtime::Handle,
+    /// Operations applied but not yet durable.
+    dirty: bool,
+    acked: u64,
+    last_sync: Instant,
+}
+
+impl Applier<'_> {
+    fn send(&self, message: Message) {
+        let _ = self.outbox.send(message);
+    }
+
+    fn run(&mut self, mut inbox: mpsc::Receiver<Message>) -> Result<(), String> {
+        loop {
+            let message = match inbox.try_recv() {
+                Ok(message) => message,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Input ran dry: make what was applied durable, then wait.
+                    self.sync_and_ack()?;
+                    match inbox.blocking_recv() {
+                        Some(message) => message,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            if self.dirty && self.last_sync.elapsed() >= self.service.config.sync_interval {
+                self.sync_and_ack()?;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match message {
+                Message::Ops { first_seq, ops } => self.apply_batch(first_seq, &ops)?,
+                Message::QueryMeta { query_id, paths } => {
+                    let entries: Result<Vec<_>, _> =
+                        paths.iter().map(|p| self.target.stat(p)).collect();
+                    self.send(match entries {
+                        Ok(entries) => Message::MetaReply { query_id, entries },
+                        Err(e) => Message::QueryFailed { query_id, error: e.to_failure() },
+                    });
+                }
+                Message::QueryListDir { query_id, path } => {
+                    self.send(match self.target.list_dir(&path) {
+                        Ok(entries) => Message::ListDir { query_id, entries },
+                        Err(ApplyError::Missing { .. }) => {
+                            Message::ListDir { query_id, entries: Vec::new() }
+                        }
+                        Err(e) => Message::QueryFailed { query_id, error: e.to_failure() },
+                    })
+                }
+                Message::QueryBlockHashes {
+                    query_id,
+                    path,
+                    block_size,
+                    first_block,
+                    max_blocks,
+                } => {
+                    self.send(self.block_hashes(
+                        query_id,
+                        &path,
+                        block_size,
+                        first_block,
+                        max_blocks,
+                    ));
+                }
+                Message::RunScript { request_id, stage, script } => {
+                    self.sync_and_ack()?;
+                    tracing::info!(?stage, script = script.path, "running a script for the source");
+                    let result = self.runtime.block_on(run_script(&script));
+                    self.send(Message::ScriptFinished { request_id, result });
+                }
+                Message::Settle { policy } => {
+                    let operations = match policy {
+                        // Everything received is applied in order already: make it durable.
+                        QueuePolicy::Apply => 0,
+                        QueuePolicy::Discard => self.discard(&mut inbox)?,
+                    };
+                    self.sync_and_ack()?;
+                    self.send(Message::Settled { operations });
+                }
+                Message::Release => {
+                    self.sync_and_ack()?;
+                    self.send(Message::Released);
+                }
+                Message::Heartbeat { at_ms } => self.send(Message::Heartbeat { at_ms }),
+                Message::Close { .. } => break,
+                other => return Err(format!("unexpected {} from the source", other.kind())),
+            }
+        }
+        self.sync_and_ack()
+    }
+
+    fn sync_and_ack(&mut self) -> Result<(), String> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.target.sync().map_err(|e| format!("syncing the target failed: {e}"))?;
+        self.state
+            .persist(self.state.last_applied)
+            .map_err(|e| format!("recording progress failed: {e}"))?;
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        if self.state.last_applied > self.acked {
+            self.acked = self.state.last_applied;
+            self.send(Message::Ack { seq: self.acked });
+        }
+        Ok(())
+    }
+
+    fn apply_batch(&mut self, first_seq: u64, ops: &[EncodedOp]) -> Result<(), String> {
+        for (i, encoded) in ops.iter().enumerate() {
+            let seq = first_seq + i as u64;
+            if seq <= self.state.last_applied {
+                continue; // a resend of something already durable
+            }
+            if seq != self.state.last_applied + 1 {
+                return Err(format!(
+                    "operation {seq} arrived after {}: a gap in the stream",
+                    self.state.last_applied
+                ));
+            }
+            let op = encoded.decode().map_err(|e| e.to_string())?;
+            self.apply_one(seq, &op)?;
+            self.state.last_applied = seq;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Applies one operation, retrying a blocked one until it goes through or the session ends.
+    fn apply_one(&mut self, seq: u64, op: &Operation) -> Result<(), String> {
+        let mut told = false;
+        loop {
+            match self.target.apply(op) {
+                Ok(_) => {
+                    self.service.counters.operations_applied.fetch_add(1, Ordering::Relaxed);
+                    if let Operation::Write { data, .. } = op {
+                        self.service
+                            .counters
+                            .bytes_written
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
+                Err(error) => match error.retry() {
+                    Retry::Persistent if !matches!(error, ApplyError::Conflict { .. }) => {
+                        if !told {
+                            tracing::warn!(seq, %error, "operation blocked on the target; retrying");
+                            let disk_full = matches!(error, ApplyError::DiskFull { .. });
+                            self.send(Message::Nack { seq, error: error.to_failure(), disk_full });
+                            told = true;
+                        }
+                        // Make what came before durable while we wait, and say so.
+                        self.sync_and_ack()?;
+                        std::thread::sleep(self.service.config.retry_delay);
+                        if self.stop.load(Ordering::SeqCst) || self.outbox.is_closed() {
+                            return Err("the session ended while an operation was blocked".into());
+                        }
+                    }
+                    _ => {
+                        // Refused (escapes the root, invalid) or out of step with the source:
+                        // skip it, say so, and let the source's next mirror repair the file.
+                        if error.retry() == Retry::Permanent {
+                            self.service
+                                .counters
+                                .operations_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!(seq, op = op.name(), %error, "operation not applied");
+                        let failure = Failure { retry: error.retry(), message: error.to_string() };
+                        self.send(Message::Nack { seq, error: failure, disk_full: false });
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    }
+
+    /// Drops every operation received but not applied; returns how many.
+    fn discard(&mut self, inbox: &mut mpsc::Receiver<Message>) -> Result<u64, String> {
+        let mut discarded = 0u64;
+        while let Ok(message) = inbox.try_recv() {
+            match message {
+                Message::Ops { first_seq, ops } => {
+                    discarded += ops.len() as u64;
+                    let last = first_seq + ops.len() as u64 - 1;
+                    // The source will not resend them: the target is past them.
+                    self.state.last_applied = self.state.last_applied.max(last);
+                    self.dirty = true;
+                }
+                Message::Heartbeat { at_ms } => self.send(Message::Heartbeat { at_ms }),
+                other => return Err(format!("unexpected {} while discarding", other.kind())),
+            }
+        }
+        Ok(discarded)
+    }
+
+    fn block_hashes(
+        &self,
+        query_id: u64,
+        path: &RelPath,
+        block_size: u32,
+        first_block: u64,
+        max_blocks: u32,
+    ) -> Message {
+        let max_blocks = if max_blocks == 0 {
+            MAX_HASHES_PER_REPLY
+        } else {
+            max_blocks.min(MAX_HASHES_PER_REPLY)
+        };
+        let hashes = self.target.open_file(path).and_then(|file| {
+            block_hashes_range(&file, block_size, first_block, u64::from(max_blocks))
+                .map_err(|e| ApplyError::from_io("hash", path, e))
+        });
+        match hashes {
+            Ok(hashes) => Message::BlockHashes { query_id, hashes },
+            Err(e) => Message::QueryFailed { query_id, error: e.to_failure() },
+        }
+    }
+}
