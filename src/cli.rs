@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use understudy_core::ids::Seq;
 use understudy_simulator::SimOptions;
 
+use crate::client::Client;
 use crate::{CheckFailed, datadir, replay};
 
 /// understudy: open replication, migration and failover.
@@ -15,6 +16,24 @@ use crate::{CheckFailed, datadir, replay};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// Whether this is `understudy demo`.
+    pub fn is_demo(&self) -> bool {
+        matches!(self.command, Command::Demo { .. })
+    }
+}
+
+/// Where the daemon's API is, for the commands that talk to it.
+#[derive(Debug, Clone, clap::Args)]
+struct ApiArgs {
+    /// The daemon's API address.
+    #[arg(long, env = "UNDERSTUDY_API", default_value = "127.0.0.1:6325")]
+    api: String,
+    /// The daemon's data directory (where its API token is), unless UNDERSTUDY_TOKEN is set.
+    #[arg(long, env = "UNDERSTUDY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,11 +54,33 @@ enum Command {
         #[arg(long)]
         secret_file: Option<PathBuf>,
     },
-    /// Audit job histories from the event log: timelines, states, hash-chain checks.
+    /// Create, control and watch jobs (through the daemon's API).
+    Job {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: crate::jobs::JobCommand,
+    },
+    /// Stream events as NDJSON, one envelope per line.
+    Events {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this job's events (id or unique name).
+        #[arg(long)]
+        job: Option<String>,
+        /// Keep streaming new events as they are committed.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Audit job histories from the event log: timelines, states, hash-chain checks. Works
+    /// with no daemon running; while one runs, it asks the daemon (same output).
     Replay {
         /// The data directory of a daemon or a simulation.
-        #[arg(long)]
+        #[arg(long, env = "UNDERSTUDY_DATA_DIR")]
         data_dir: PathBuf,
+        /// The daemon's API address, used when the daemon holds the data directory.
+        #[arg(long, env = "UNDERSTUDY_API", default_value = "127.0.0.1:6325")]
+        api: String,
         /// A job id or unique name; without it, every job is listed with its state.
         job: Option<String>,
         /// Print JSON instead of text.
@@ -48,6 +89,13 @@ enum Command {
         /// Stop the timeline at this sequence number and show the state there.
         #[arg(long)]
         at: Option<u64>,
+    },
+    /// Show a whole job's life on this machine: mirror, replication, verification, cutover,
+    /// audit — through a real in-process daemon, on a temporary folder.
+    Demo {
+        /// Keep everything in this folder instead of a temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Run the deterministic simulation: real engine and machine, simulated adapters and faults.
     Simulate {
@@ -105,9 +153,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 daemon.run_until_signal().await
             })
         }
-        Command::Replay { data_dir, job, json, at } => {
-            replay_command(&data_dir, job.as_deref(), json, at.map(Seq))
+        Command::Job { api, command } => {
+            let client = Client::new(&api.api, api.data_dir.as_deref())?;
+            runtime()?.block_on(crate::jobs::run(&client, command))
         }
+        Command::Events { api, job, follow } => {
+            let client = Client::new(&api.api, api.data_dir.as_deref())?;
+            runtime()?.block_on(crate::jobs::events(&client, job.as_deref(), follow))
+        }
+        Command::Replay { data_dir, api, job, json, at } => {
+            replay_command(&data_dir, &api, job.as_deref(), json, at.map(Seq))
+        }
+        Command::Demo { dir } => runtime()?.block_on(crate::demo::demo(dir)),
         Command::Simulate { seed, jobs, steps, data_dir } => {
             let options = SimOptions { seed, jobs, steps, ..SimOptions::default() };
             crate::simulate::simulate(&options, &data_dir)
@@ -120,33 +177,67 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn replay_command(
     data_dir: &std::path::Path,
+    api: &str,
     job: Option<&str>,
     json: bool,
     at: Option<Seq>,
 ) -> Result<()> {
-    let store = datadir::open_existing(data_dir)?;
-    let jobs = replay::list_jobs(&store)?;
-    let Some(wanted) = job else {
-        if json {
-            println!("{}", serde_json::to_string_pretty(&jobs)?);
-        } else {
-            print!("{}", replay::render_list(&jobs));
+    let (jobs, audit) = match datadir::open_existing(data_dir) {
+        Ok(store) => {
+            let jobs = replay::list_jobs(&store)?;
+            let audit = match job {
+                Some(wanted) => {
+                    Some(replay::audit_job(&store, replay::resolve_job(&jobs, wanted)?, at)?)
+                }
+                None => None,
+            };
+            (jobs, audit)
         }
-        return match jobs.iter().find_map(|j| j.corrupt.clone()) {
-            Some(why) => Err(CheckFailed(why).into()),
-            None => Ok(()),
-        };
+        Err(error) if datadir::is_locked(&error) => {
+            // A daemon holds the log: ask it; it runs the same audit.
+            let client = Client::new(api, Some(data_dir))?;
+            runtime()?.block_on(async {
+                let jobs: Vec<replay::JobSummary> =
+                    serde_json::from_value(client.get("/v1/replay").await?)?;
+                let audit = match job {
+                    Some(wanted) => {
+                        let id = replay::resolve_job(&jobs, wanted)?;
+                        let path = match at {
+                            Some(seq) => format!("/v1/jobs/{id}/replay?at={}", seq.0),
+                            None => format!("/v1/jobs/{id}/replay"),
+                        };
+                        Some(serde_json::from_value::<replay::Audit>(client.get(&path).await?)?)
+                    }
+                    None => None,
+                };
+                Ok::<_, anyhow::Error>((jobs, audit))
+            })?
+        }
+        Err(error) => return Err(error),
     };
-    let id = replay::resolve_job(&jobs, wanted)?;
-    let audit = replay::audit_job(&store, id, at)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&audit)?);
-    } else {
-        print!("{}", replay::render(&audit));
-    }
-    match audit.corrupt {
-        Some(why) => Err(CheckFailed(why).into()),
-        None => Ok(()),
+    match audit {
+        None => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                print!("{}", replay::render_list(&jobs));
+            }
+            match jobs.iter().find_map(|j| j.corrupt.clone()) {
+                Some(why) => Err(CheckFailed(why).into()),
+                None => Ok(()),
+            }
+        }
+        Some(audit) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&audit)?);
+            } else {
+                print!("{}", replay::render(&audit));
+            }
+            match audit.corrupt {
+                Some(why) => Err(CheckFailed(why).into()),
+                None => Ok(()),
+            }
+        }
     }
 }
 

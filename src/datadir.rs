@@ -56,6 +56,13 @@ pub fn open_or_create(data_dir: &Path) -> Result<SledEventStore> {
     open(&events_dir(data_dir))
 }
 
+/// Whether an error from [`open_existing`] means a daemon holds the directory.
+pub fn is_locked(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<UserError>()
+        .is_some_and(|e| e.0.contains("in use by another understudy process"))
+}
+
 fn open(events: &Path) -> Result<SledEventStore> {
     SledEventStore::open(events).map_err(|error| match error {
         StoreError::NotAStore(message) | StoreError::Locked(message) => UserError(message).into(),

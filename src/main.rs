@@ -6,8 +6,11 @@
 
 mod bench;
 mod cli;
+mod client;
 mod daemon;
 mod datadir;
+mod demo;
+mod jobs;
 mod replay;
 mod simulate;
 
@@ -43,9 +46,11 @@ impl std::error::Error for CheckFailed {}
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     // Logs go to stderr; RUST_LOG chooses how much (the daemon says what it does at info).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,understudy=info,understudy_adapters=info")
-    });
+    // The demo narrates on stdout; its daemon only speaks up when something is wrong.
+    let default =
+        if args.is_demo() { "warn" } else { "warn,understudy=info,understudy_adapters=info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

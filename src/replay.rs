@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use understudy_core::engine::{Folded, fold, fold_from};
 use understudy_core::event::EventEnvelope;
 use understudy_core::ids::{JobId, Seq};
@@ -17,7 +17,7 @@ use understudy_core::{JobEvent, JobMachine};
 use understudy_states::{Job, JobSnapshot};
 
 /// One job in the list of all jobs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobSummary {
     /// The job id.
     pub id: JobId,
@@ -32,12 +32,12 @@ pub struct JobSummary {
 }
 
 /// One event of a timeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimelineEntry {
     /// The stored envelope.
     pub envelope: EventEnvelope,
     /// The event's name.
-    pub name: &'static str,
+    pub name: String,
     /// A one-line summary.
     pub summary: String,
     /// Who or what caused it.
@@ -47,7 +47,7 @@ pub struct TimelineEntry {
 }
 
 /// A job's audited history.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Audit {
     /// The job id.
     pub job: JobId,
@@ -137,7 +137,7 @@ where
         fold_from(store, job, Job::new(job), Seq::ZERO, at, &mut |envelope, applied| {
             timeline.push(TimelineEntry {
                 envelope: envelope.clone(),
-                name: envelope.event.name(),
+                name: envelope.event.name().to_string(),
                 summary: envelope.event.summary(),
                 caused_by: envelope.metadata.actor.to_string(),
                 transitions: applied.transitions.clone(),
@@ -271,6 +271,12 @@ pub fn render_log(audit: &Audit) -> String {
                 format!(": {}", entry.summary)
             };
             let _ = writeln!(out, "{at}\t{}{summary}", entry.name);
+        }
+        if let JobEvent::ScriptCompleted { result, .. } = &entry.envelope.event {
+            // The script's own words belong in the job log.
+            for line in result.output.lines() {
+                let _ = writeln!(out, "{at}\t  | {line}");
+            }
         }
         for line in &entry.transitions {
             let _ = writeln!(out, "{at}\t{line}");
