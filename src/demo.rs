@@ -112,7 +112,7 @@ async fn run(client: &Client, source: &Path, target: &Path) -> Result<understudy
     println!("  protecting after {:.1} s", started.elapsed().as_secs_f64());
 
     step("changing the source: each change must reach the target");
-    let changes: Vec<(&str, Box<dyn Fn() -> std::io::Result<()>>)> = vec![
+    let changes: Vec<(&str, Change)> = vec![
         (
             "create notes.txt",
             Box::new({
@@ -196,6 +196,9 @@ async fn run(client: &Client, source: &Path, target: &Path) -> Result<understudy
     println!("  CutOver; the target equals the source byte for byte");
     Ok(job)
 }
+
+/// One change the demo makes to the source.
+type Change = Box<dyn Fn() -> std::io::Result<()>>;
 
 async fn command(client: &Client, name: &str, mut extra: Value) -> Result<()> {
     extra["command"] = json!(name);
