@@ -93,7 +93,6 @@ impl JobMachine for Job {
     }
 
     fn apply(&mut self, envelope: &EventEnvelope, out: &mut Applied) -> Result<(), IllegalEvent> {
-        let before = self.clone();
         if matches!(envelope.event, JobEvent::Created { .. }) {
             out.transition("Entered TopState".into());
             out.transition("Entered UninitializedState".into());
@@ -101,7 +100,8 @@ impl JobMachine for Job {
         let mut ctx = Ctx::applying(envelope, out);
         self.machine.handle_with_context(&Input::Apply(envelope), &mut ctx);
         if !ctx.was_handled() {
-            *self = before;
+            // No handler took the event, and handlers change nothing unless they take it:
+            // the job is as it was.
             return Err(IllegalEvent { state: self.state(), event: envelope.event.name() });
         }
         let state = self.state();

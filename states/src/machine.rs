@@ -51,7 +51,7 @@ pub struct Ctx<'a> {
     applied: Option<&'a mut Applied>,
     handled: bool,
     lines: Vec<String>,
-    event_name: String,
+    event: Option<&'a JobEvent>,
 }
 
 impl<'a> Ctx<'a> {
@@ -63,19 +63,19 @@ impl<'a> Ctx<'a> {
             applied: None,
             handled: false,
             lines: Vec::new(),
-            event_name: String::new(),
+            event: None,
         }
     }
 
     /// A context for applying `envelope`, collecting into `applied`.
-    pub fn applying(envelope: &EventEnvelope, applied: &'a mut Applied) -> Self {
+    pub fn applying(envelope: &'a EventEnvelope, applied: &'a mut Applied) -> Self {
         Ctx {
             now: envelope.recorded_at,
             decision: None,
             applied: Some(applied),
             handled: false,
             lines: Vec::new(),
-            event_name: envelope.event.log_name(),
+            event: Some(&envelope.event),
         }
     }
 
@@ -1940,7 +1940,7 @@ impl JobData {
             "Changing to {} from {} in response to {}",
             state_name(target).log_name(),
             state_name(source).log_name(),
-            ctx.event_name
+            ctx.event.map(JobEvent::log_name).unwrap_or_default()
         )];
         lines.append(&mut ctx.lines);
         if let Some(applied) = ctx.applied.as_deref_mut() {
