@@ -121,6 +121,28 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// A files job against `rsync -a` to an rsync daemon on loopback: initial mirror,
+    /// differential remirrors, replication latency, daemon memory.
+    Files {
+        /// Files in the generated tree.
+        #[arg(long, default_value_t = 20_000)]
+        files: u64,
+        /// Total size of the tree, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        total_mb: u64,
+        /// Replication: files written per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Replication: seconds of writing.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Measure each mirror this many times; the best counts.
+        #[arg(long, default_value_t = 2)]
+        runs: u32,
+        /// Keep the scratch tree here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// The event log: durable appends per second, replay speed, checkpoints.
     EventLog {
         /// Events in the long job used for replay figures.
@@ -168,6 +190,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Simulate { seed, jobs, steps, data_dir } => {
             let options = SimOptions { seed, jobs, steps, ..SimOptions::default() };
             crate::simulate::simulate(&options, &data_dir)
+        }
+        Command::Bench {
+            which: BenchCommand::Files { files, total_mb, rate, seconds, runs, dir },
+        } => {
+            let options =
+                crate::bench_files::FilesBench { files, total_mb, rate, seconds, dir, runs };
+            runtime()?.block_on(crate::bench_files::run(options))
         }
         Command::Bench { which: BenchCommand::EventLog { events, dir } } => {
             crate::bench::event_log(events, dir)

@@ -5,6 +5,7 @@
 //! Exit status: 0 ok, 1 a job or a check failed, 2 an error (bad input, unreachable daemon).
 
 mod bench;
+mod bench_files;
 mod cli;
 mod client;
 mod daemon;

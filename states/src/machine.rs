@@ -57,14 +57,7 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// A context for deciding a command.
     pub fn deciding(now: DateTime<Utc>) -> Self {
-        Ctx {
-            now,
-            decision: None,
-            applied: None,
-            handled: false,
-            lines: Vec::new(),
-            event: None,
-        }
+        Ctx { now, decision: None, applied: None, handled: false, lines: Vec::new(), event: None }
     }
 
     /// A context for applying `envelope`, collecting into `applied`.

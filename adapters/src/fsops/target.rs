@@ -65,8 +65,13 @@ pub struct TargetRoot {
     use_openat2: bool,
     /// Owners are applied only by root; other users cannot give files away.
     privileged: bool,
-    /// What changed since the last sync, for the fsync fallback when `syncfs` is unavailable.
+    /// What changed since the last sync, for the fsync fallback when `syncfs` is unavailable
+    /// (kept only then: recording every path costs time on the hot path).
     touched: BTreeSet<RelPath>,
+    syncfs_unavailable: bool,
+    /// The file the last write went to: a file arrives as a run of 64 KiB writes, and opening
+    /// it (with the jail's checks) for each of them would cost more than the write.
+    write_handle: Option<(RelPath, File)>,
 }
 
 /// A directory handle: the root's own, or one opened below it.
@@ -119,6 +124,8 @@ impl TargetRoot {
             use_openat2,
             privileged: rustix::process::geteuid().is_root(),
             touched: BTreeSet::new(),
+            syncfs_unavailable: false,
+            write_handle: None,
         })
     }
 
@@ -136,6 +143,18 @@ impl TargetRoot {
     /// the module documentation for resolution and durability: nothing is durable until
     /// [`TargetRoot::sync`].
     pub fn apply(&mut self, op: &Operation) -> Result<Applied, ApplyError> {
+        // Any operation but a write to the cached file may change what its path names.
+        let keeps_handle = match op {
+            Operation::Write { path, .. }
+            | Operation::Truncate { path, .. }
+            | Operation::PunchHole { path, .. } => {
+                self.write_handle.as_ref().is_some_and(|(cached, _)| cached == path)
+            }
+            _ => false,
+        };
+        if !keeps_handle {
+            self.write_handle = None;
+        }
         let result = match op {
             Operation::MakeDir { path, meta } => self.make_dir(path, meta),
             Operation::CreateFile { path, meta } => self.create_file(path, meta),
@@ -148,7 +167,7 @@ impl TargetRoot {
             Operation::Symlink { path, target } => self.symlink(path, target),
             Operation::HardLink { path, existing } => self.hard_link(path, existing),
         };
-        if result.is_ok() {
+        if result.is_ok() && self.syncfs_unavailable {
             self.touch(op);
         }
         result
@@ -165,12 +184,19 @@ impl TargetRoot {
     /// Limitation: `syncfs` covers the root's file system only; a different file system
     /// mounted inside the root is not synced by it.
     pub fn sync(&mut self) -> Result<(), ApplyError> {
+        if self.syncfs_unavailable {
+            return self.fsync_touched();
+        }
         match rfs::syncfs(&self.root) {
-            Ok(()) => {
-                self.touched.clear();
+            Ok(()) => Ok(()),
+            Err(Errno::NOSYS) | Err(Errno::PERM) => {
+                // No syncfs here (an old kernel, a sandbox): nothing was recorded to fsync
+                // one by one yet, so this once sync everything; from now on record and fsync
+                // what each round touches.
+                self.syncfs_unavailable = true;
+                rfs::sync();
                 Ok(())
             }
-            Err(Errno::NOSYS) | Err(Errno::PERM) => self.fsync_touched(),
             Err(e) => Err(ApplyError::from_io("sync", &RelPath::root(), io_err(e))),
         }
     }
@@ -488,16 +514,22 @@ impl TargetRoot {
         .map_err(|e| final_err(OP, path, e))?;
         ensure_regular(&fd, OP, path)?;
         self.apply_meta_fd(fd.as_fd(), meta, meta.mode | 0o200, path)?;
+        // Its data comes next.
+        self.write_handle = Some((path.clone(), File::from(fd)));
         Ok(Applied::Changed)
     }
 
     /// Opens an existing regular file for writing, never through a symlink.
-    fn open_for_write(&self, op: &'static str, path: &RelPath) -> Result<File, ApplyError> {
-        let (parent, name) = self.parent(path, false)?;
-        let fd = rfs::openat(&parent, name, write_flags(), Mode::empty())
-            .map_err(|e| final_err(op, path, e))?;
-        ensure_regular(&fd, op, path)?;
-        Ok(File::from(fd))
+    /// The file at `path`, opened for writing through the jail, or the one already open.
+    fn open_for_write(&mut self, op: &'static str, path: &RelPath) -> Result<&File, ApplyError> {
+        if self.write_handle.as_ref().is_none_or(|(cached, _)| cached != path) {
+            let (parent, name) = self.parent(path, false)?;
+            let fd = rfs::openat(&parent, name, write_flags(), Mode::empty())
+                .map_err(|e| final_err(op, path, e))?;
+            ensure_regular(&fd, op, path)?;
+            self.write_handle = Some((path.clone(), File::from(fd)));
+        }
+        Ok(&self.write_handle.as_ref().expect("opened above").1)
     }
 
     fn write(&mut self, path: &RelPath, offset: u64, data: &[u8]) -> Result<Applied, ApplyError> {
@@ -519,7 +551,7 @@ impl TargetRoot {
             return Ok(Applied::Unchanged);
         }
         match rfs::fallocate(
-            &file,
+            file,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             offset,
             len,

@@ -316,12 +316,14 @@ async fn write_loop<S: AsyncWrite>(
 }
 
 async fn read_loop<S: AsyncRead>(
-    mut reader: ReadHalf<S>,
+    reader: ReadHalf<S>,
     link: Arc<Link>,
     inbound: mpsc::UnboundedSender<Inbound>,
     closed: Arc<watch::Sender<Option<String>>>,
 ) {
     let mut closed_rx = closed.subscribe();
+    // Buffered: a frame's length prefix and payload come in one read instead of several.
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
     let reason = loop {
         let message = tokio::select! {
             message = tokio::time::timeout(DEAD_AFTER, read_message(&mut reader)) => message,

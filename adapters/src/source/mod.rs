@@ -53,6 +53,8 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// Operations sent but not yet acknowledged before the sender waits: enough to keep a 50 ms
 /// round trip at 1 Gbit/s busy (about 6 MiB), bounded so memory stays small.
 const WINDOW_BYTES: u64 = 64 * 1024 * 1024;
+/// How long the sender, woken from idle, waits for more operations to batch with the first.
+const COALESCE: Duration = Duration::from_millis(1);
 
 /// The zstd level behind each of the seeds' compression levels.
 pub fn zstd_level(level: CompressionLevel) -> Compression {
@@ -522,7 +524,10 @@ impl SourceJob {
                     tracing::warn!(message, "change capture");
                 }
             });
-        match capture::start(Arc::clone(&pipe), tell) {
+        let installing = std::time::Instant::now();
+        let started = capture::start(Arc::clone(&pipe), tell);
+        tracing::debug!(job = %self.job, ms = installing.elapsed().as_millis(), "change capture installed");
+        match started {
             Ok(capture) => self.capture = Some(capture),
             Err(message) => {
                 ctx.report(
@@ -808,6 +813,7 @@ async fn pump(
     transmit_paused: &AtomicBool,
 ) -> String {
     let mut window = Window { in_flight: BTreeMap::new(), bytes: 0, fault_reported: false };
+    let mut was_idle = false;
     loop {
         if let Some(reason) = link.closed_reason() {
             return reason;
@@ -816,6 +822,12 @@ async fn pump(
             window.take(ctx, effect, pipe, message);
         }
         let can_send = !transmit_paused.load(Ordering::SeqCst) && window.bytes < WINDOW_BYTES;
+        if can_send && was_idle {
+            // Woken from idle by the first new operation: give its neighbours a moment to
+            // join it, so a burst of small files leaves as one frame, not one frame each.
+            was_idle = false;
+            tokio::time::sleep(COALESCE).await;
+        }
         let batch = if can_send {
             match pipe.next_batch(BATCH_BYTES, 4096) {
                 Ok(batch) => batch,
@@ -839,13 +851,13 @@ async fn pump(
             }
             continue;
         }
-        let notified = pipe.changed.notified();
+        let enqueued = pipe.enqueued.notified();
         tokio::select! {
             message = inbound.recv() => match message {
                 Some(message) => window.take(ctx, effect, pipe, message),
                 None => return link.wait_closed().await,
             },
-            () = notified => {}
+            () = enqueued => was_idle = true,
             reason = link.wait_closed() => return reason,
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }

@@ -135,7 +135,9 @@ pub struct Pipe {
     /// Relative paths left out of the job.
     pub excludes: Vec<RelPath>,
     state: Mutex<PipeState>,
-    /// Signalled when operations are enqueued or acknowledged.
+    /// Signalled (one permit) when operations are enqueued: wakes the sender.
+    pub enqueued: Notify,
+    /// Signalled (all waiters) when operations are acknowledged or the pipe is reset.
     pub changed: Notify,
     /// The last acknowledged sequence number (readable without the lock).
     pub acked: AtomicU64,
@@ -175,6 +177,7 @@ impl Pipe {
             root,
             excludes,
             state: Mutex::new(state),
+            enqueued: Notify::new(),
             changed: Notify::new(),
             acked: AtomicU64::new(0),
             paused: AtomicBool::new(false),
@@ -188,9 +191,9 @@ impl Pipe {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Wakes the sender after enqueueing.
+    /// Wakes the sender after enqueueing (a stored permit: a wake-up is never lost).
     pub fn notify(&self) {
-        self.changed.notify_waiters();
+        self.enqueued.notify_one();
     }
 
     /// Whether `path` is left out of the job.
@@ -216,6 +219,7 @@ impl Pipe {
         drop(state);
         self.acked.store(last_applied, Ordering::SeqCst);
         self.notify();
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -283,7 +287,7 @@ impl Pipe {
                 latencies.pop_front();
             }
         }
-        self.notify();
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -302,6 +306,7 @@ impl Pipe {
         state.next_seq = state.acked + 1;
         drop(state);
         self.notify();
+        self.changed.notify_waiters();
         Ok(())
     }
 

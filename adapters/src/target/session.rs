@@ -130,7 +130,8 @@ pub(super) async fn serve(
         applier.run(inbox_rx)
     });
 
-    let mut reader = reader;
+    // Buffered: a frame's length prefix and payload come in one read instead of several.
+    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
     let read_result = loop {
         tokio::select! {
             message = read_message(&mut reader) => match message {

@@ -1,0 +1,518 @@
+//! `understudy bench files`: a files job against `rsync -a` to an rsync daemon on loopback,
+//! measured in the same run on the same tree and the same disk.
+//!
+//! - initial mirror into an empty target;
+//! - differential remirror after 1 % of the files changed, and with nothing changed;
+//! - replication latency: files written at a fixed rate, each timed from the write returning on
+//!   the source to identical bytes readable on the target;
+//! - the daemon's peak resident memory.
+//!
+//! The daemon runs as its own process (this binary's `serve`), so its memory is its own.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct FilesBench {
+    /// Files in the tree.
+    pub files: u64,
+    /// Total size of the tree in MiB.
+    pub total_mb: u64,
+    /// Replication: writes per second.
+    pub rate: u64,
+    /// Replication: seconds of writing.
+    pub seconds: u64,
+    /// Scratch folder (default: a temporary one).
+    pub dir: Option<PathBuf>,
+    /// How many times each mirror is measured (the best run counts).
+    pub runs: u32,
+}
+
+struct Daemon {
+    child: Child,
+    client: Client,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct RsyncDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for RsyncDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Runs the benchmark and prints its figures.
+///
+/// # Errors
+///
+/// rsync is missing, a daemon does not start, or a job fails.
+pub async fn run(options: FilesBench) -> Result<()> {
+    if Command::new("rsync").arg("--version").stdout(Stdio::null()).status().is_err() {
+        bail!(
+            "rsync is not installed: run .ci/setup (it installs what the benchmarks compare against)"
+        );
+    }
+    let base = options.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("understudy-bench-files-{}", std::process::id()))
+    });
+    if base.exists() {
+        std::fs::remove_dir_all(&base)?;
+    }
+    let source = base.join("source");
+    std::fs::create_dir_all(&source)?;
+    let (files, bytes) = make_tree(&source, options.files, options.total_mb)?;
+    println!(
+        "tree: {files} files, {:.2} GiB in {}",
+        bytes as f64 / (1u64 << 30) as f64,
+        source.display()
+    );
+    warm(&source)?;
+
+    let rsync = start_rsync(&base)?;
+    let daemon = start_daemon(&base).await?;
+
+    // Initial mirror: the best of `runs`, each into an empty target.
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut job = String::new();
+    for run in 0..options.runs.max(1) {
+        let rsync_target = base.join(format!("rsync-target-{run}"));
+        theirs.push(time_rsync(&rsync, &source, &rsync_target)?);
+        let target = base.join(format!("understudy-target-{run}"));
+        job = format!("bench-{run}");
+        ours.push(initial_mirror(&daemon.client, &job, &source, &target).await?);
+        if run + 1 < options.runs {
+            command(&daemon.client, &job, "delete").await?;
+            std::fs::remove_dir_all(&rsync_target).ok();
+        }
+    }
+    let (ours_best, theirs_best) = (best(&ours), best(&theirs));
+    row("initial mirror", ours_best, theirs_best);
+    let rsync_target = base.join(format!("rsync-target-{}", options.runs.max(1) - 1));
+    let target = base.join(format!("understudy-target-{}", options.runs.max(1) - 1));
+    check_equal(&source, &target)?;
+
+    // 1 % of the files change: a block in the middle rewritten.
+    let changed = change_files(&source, files / 100)?;
+    let theirs = time_rsync(&rsync, &source, &rsync_target)?;
+    let ours = remirror(&daemon.client, &job).await?;
+    row(&format!("remirror, {changed} files changed"), ours, theirs);
+    check_equal(&source, &target)?;
+
+    let theirs = time_rsync(&rsync, &source, &rsync_target)?;
+    let ours = remirror(&daemon.client, &job).await?;
+    row("remirror, nothing changed", ours, theirs);
+
+    // Replication latency at a fixed write rate.
+    let latencies = replication(&source, &target, options.rate, options.seconds)?;
+    let pass = time_rsync(&rsync, &source, &rsync_target)?;
+    let (p50, p99, max) =
+        (percentile(&latencies, 50.0), percentile(&latencies, 99.0), percentile(&latencies, 100.0));
+    println!(
+        "replication, {} writes/s for {} s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} writes); one rsync -a pass takes {:.0} ms (p99 / pass = {:.2})",
+        options.rate,
+        options.seconds,
+        p50,
+        p99,
+        max,
+        latencies.len(),
+        pass.as_secs_f64() * 1000.0,
+        p99 / (pass.as_secs_f64() * 1000.0)
+    );
+    check_equal(&source, &target)?;
+    println!("daemon peak resident memory: {} MB", peak_rss_mb(daemon.child.id())?);
+    drop(daemon);
+    drop(rsync);
+    if options.dir.is_none() {
+        std::fs::remove_dir_all(&base).ok();
+    }
+    Ok(())
+}
+
+fn row(what: &str, ours: Duration, theirs: Duration) {
+    println!(
+        "{what:<32} understudy {:>8.2} s   rsync -a (daemon) {:>8.2} s   ratio {:.2}",
+        ours.as_secs_f64(),
+        theirs.as_secs_f64(),
+        ours.as_secs_f64() / theirs.as_secs_f64()
+    );
+}
+
+fn best(runs: &[Duration]) -> Duration {
+    runs.iter().min().copied().unwrap_or_default()
+}
+
+fn start_rsync(base: &Path) -> Result<RsyncDaemon> {
+    let port = free_port()?;
+    let config = base.join("rsyncd.conf");
+    let mut text = format!(
+        "use chroot = no\npid file = {}\n[bench]\npath = {}\nread only = no\n",
+        base.join("rsyncd.pid").display(),
+        base.display()
+    );
+    if is_root() {
+        text.push_str("uid = root\ngid = root\n");
+    }
+    std::fs::write(&config, text)?;
+    let child = Command::new("rsync")
+        .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
+        .arg(format!("--config={}", config.display()))
+        .arg(format!("--port={port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the rsync daemon")?;
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("the rsync daemon did not start on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(RsyncDaemon { child, port })
+}
+
+/// Writes back dirty pages so each measurement starts from the same clean page cache
+/// (otherwise one tool pays for the other's writeback).
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+fn time_rsync(rsync: &RsyncDaemon, source: &Path, target: &Path) -> Result<Duration> {
+    let name = target.file_name().and_then(|n| n.to_str()).context("target name")?;
+    std::fs::create_dir_all(target)?;
+    settle();
+    let started = Instant::now();
+    let status = Command::new("rsync")
+        .arg("-a")
+        .arg("--delete")
+        .arg(format!("{}/", source.display()))
+        .arg(format!("rsync://127.0.0.1:{}/bench/{name}/", rsync.port))
+        .status()
+        .context("running rsync")?;
+    let elapsed = started.elapsed();
+    if !status.success() {
+        bail!("rsync failed: {status}");
+    }
+    Ok(elapsed)
+}
+
+async fn start_daemon(base: &Path) -> Result<Daemon> {
+    let data_dir = base.join("daemon");
+    let (listen, api) = (free_port()?, free_port()?);
+    let child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{listen}"))
+        .arg("--api")
+        .arg(format!("127.0.0.1:{api}"))
+        .env("RUST_LOG", std::env::var("UNDERSTUDY_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the daemon")?;
+    let started = Instant::now();
+    let token = loop {
+        if let Ok(token) = std::fs::read_to_string(data_dir.join("token"))
+            && std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+        {
+            break token.trim().to_string();
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the daemon did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok(Daemon { child, client: Client::with_token(&format!("127.0.0.1:{api}"), token) })
+}
+
+async fn command(client: &Client, job: &str, name: &str) -> Result<()> {
+    client.post(&format!("/v1/jobs/{job}/commands"), &json!({ "command": name })).await?;
+    Ok(())
+}
+
+async fn show(client: &Client, job: &str) -> Result<Value> {
+    client.get(&format!("/v1/jobs/{job}")).await
+}
+
+/// From the start command to the mirror's completion (all of it durable on the target).
+async fn initial_mirror(
+    client: &Client,
+    job: &str,
+    source: &Path,
+    target: &Path,
+) -> Result<Duration> {
+    let spec = json!({
+        "name": job,
+        "source": source.display().to_string(),
+        "target": { "endpoint": "local", "path": target.display().to_string() },
+    });
+    client.post("/v1/jobs", &json!({ "spec": spec })).await?;
+    settle();
+    let started = Instant::now();
+    command(client, job, "start").await?;
+    wait_mirror_done(client, job, None, started).await
+}
+
+async fn remirror(client: &Client, job: &str) -> Result<Duration> {
+    let before = show(client, job).await?["mirror_ended_at"].clone();
+    settle();
+    let started = Instant::now();
+    client.post(&format!("/v1/jobs/{job}/commands"), &json!({ "command": "start-mirror" })).await?;
+    wait_mirror_done(client, job, Some(before), started).await
+}
+
+async fn wait_mirror_done(
+    client: &Client,
+    job: &str,
+    previous_end: Option<Value>,
+    started: Instant,
+) -> Result<Duration> {
+    loop {
+        let doc = show(client, job).await?;
+        let ended = &doc["mirror_ended_at"];
+        let state = doc["state"].as_str().unwrap_or_default();
+        if !ended.is_null()
+            && Some(ended) != previous_end.as_ref()
+            && matches!(state, "Synchronized" | "Protecting")
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            bail!("the mirror did not finish: {doc}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn check_equal(source: &Path, target: &Path) -> Result<()> {
+    let started = Instant::now();
+    while !crate::demo::trees_equal(source, target)? {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the target does not equal the source");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Reads the tree once so both tools start from the same warm page cache.
+fn warm(dir: &Path) -> Result<()> {
+    for entry in walk(dir)? {
+        if entry.is_file() {
+            let _ = std::fs::read(&entry)?;
+        }
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A seeded generator (splitmix64): the same tree on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The tree `../shared/tools/mktree.py` describes: heavy-tailed sizes (Pareto, α = 1.1), up to
+/// four levels of folders with spaces and non-ASCII names, half the data compressible.
+fn make_tree(root: &Path, files: u64, total_mb: u64) -> Result<(u64, u64)> {
+    let mut rng = Rng(7);
+    let weights: Vec<f64> =
+        (0..files).map(|_| (1.0 - rng.unit()).max(1e-12).powf(-1.0 / 1.1)).collect();
+    let scale = (total_mb * 1024 * 1024) as f64 / weights.iter().sum::<f64>();
+    let names = ["alpha", "beta", "gamma delta", "données", "журнал", "logs", "db", "img"];
+    let text = b"The quick brown fox jumps over the lazy dog. ".repeat(100);
+    let mut total = 0u64;
+    for (i, w) in weights.iter().enumerate() {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a size
+        let size = (w * scale) as u64;
+        let depth = rng.next() % 5;
+        let mut dir = root.to_path_buf();
+        for _ in 0..depth {
+            let name = names[usize::try_from(rng.next() % 8).unwrap_or(0)];
+            dir.push(format!("{name}{}", rng.next() % 10));
+        }
+        std::fs::create_dir_all(&dir)?;
+        let mut file = std::fs::File::create(dir.join(format!("file {i:06}.dat")))?;
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(1 << 20);
+            let chunk: Vec<u8> = if rng.unit() < 0.5 {
+                text.iter().cycle().take(usize::try_from(n).unwrap_or(0)).copied().collect()
+            } else {
+                (0..n).map(|_| (rng.next() & 0xff) as u8).collect()
+            };
+            file.write_all(&chunk)?;
+            left -= n;
+        }
+        total += size;
+    }
+    Ok((files, total))
+}
+
+/// Rewrites 4 KiB in the middle of `count` files (and moves their mtimes).
+fn change_files(root: &Path, count: u64) -> Result<u64> {
+    let files = walk(root)?;
+    let step = (files.len() as u64 / count.max(1)).max(1);
+    let mut changed = 0;
+    for path in files
+        .iter()
+        .step_by(usize::try_from(step).unwrap_or(1))
+        .take(usize::try_from(count).unwrap_or(0))
+    {
+        let len = std::fs::metadata(path)?.len();
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        let offset = len / 2;
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0xA5; 4096], offset)?;
+        changed += 1;
+    }
+    // Make sure mtimes move past the granularity of the file system.
+    std::thread::sleep(Duration::from_millis(20));
+    Ok(changed)
+}
+
+/// Writes `rate` files per second for `seconds`; returns each write's latency in ms.
+fn replication(source: &Path, target: &Path, rate: u64, seconds: u64) -> Result<Vec<f64>> {
+    let dir = source.join("replication-bench");
+    std::fs::create_dir_all(&dir)?;
+    // Let the new folder reach the target first.
+    let started = Instant::now();
+    while !target.join("replication-bench").is_dir() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the replication folder never reached the target");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Vec<u8>, Instant)>();
+    let target_dir = target.join("replication-bench");
+    let checker = std::thread::spawn(move || {
+        let mut pending: Vec<(PathBuf, Vec<u8>, Instant)> = Vec::new();
+        let mut latencies = Vec::new();
+        let mut open = true;
+        while open || !pending.is_empty() {
+            loop {
+                match rx.try_recv() {
+                    Ok(item) => pending.push(item),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            pending.retain(|(path, content, at)| {
+                if std::fs::read(path).is_ok_and(|c| &c == content) {
+                    latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                    false
+                } else {
+                    at.elapsed() < Duration::from_secs(60)
+                }
+            });
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        latencies
+    });
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let started = Instant::now();
+    let total = rate * seconds;
+    for i in 0..total {
+        let due = started + interval * u32::try_from(i).unwrap_or(u32::MAX);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        // Files are reused, so some writes overwrite what the target already has.
+        let name = format!("w{:04}.dat", i % 2000);
+        let content = format!("write {i} {:?}\n", Instant::now()).repeat(64).into_bytes();
+        std::fs::write(dir.join(&name), &content)?;
+        let _ = tx.send((target_dir.join(&name), content, Instant::now()));
+    }
+    drop(tx);
+    let latencies = checker.join().map_err(|_| anyhow::anyhow!("the latency checker failed"))?;
+    if latencies.len() as u64 != total {
+        bail!("only {} of {total} writes reached the target within 60 s", latencies.len());
+    }
+    Ok(latencies)
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let index = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn peak_rss_mb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(kb / 1024)
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
