@@ -19,9 +19,10 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Whether this is `understudy demo`.
-    pub fn is_demo(&self) -> bool {
-        matches!(self.command, Command::Demo { .. })
+    /// Whether this command narrates on its own (demo, tdu), so its in-process daemon should
+    /// only log what goes wrong.
+    pub fn is_quiet(&self) -> bool {
+        matches!(self.command, Command::Demo { .. } | Command::Tdu { .. })
     }
 }
 
@@ -97,6 +98,35 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The Throughput Diagnostics Utility: a real job against a null target tells how long the
+    /// mirror takes and what bandwidth replication needs, before you commit.
+    Tdu {
+        #[command(subcommand)]
+        what_if: Option<TduCommand>,
+        /// The folder to measure.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Compression to measure with: none, minimum, medium, maximum.
+        #[arg(long)]
+        compression: Option<crate::jobs::Compression>,
+        #[command(flatten)]
+        bandwidth: crate::jobs::BandwidthArgs,
+        /// After the mirror, watch the source's churn for this long (e.g. 10m, 1h).
+        #[arg(long)]
+        watch: Option<humantime::Duration>,
+        /// Length of one recorded interval of the watch.
+        #[arg(long, default_value = "5s")]
+        interval: humantime::Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the statistics file (CSV, one row per interval).
+        #[arg(long)]
+        stats: Option<PathBuf>,
+        /// Write a chart of the change rate and projected queue (SVG).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Run the deterministic simulation: real engine and machine, simulated adapters and faults.
     Simulate {
         /// The seed: the same seed always writes the same history.
@@ -116,6 +146,28 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TduCommand {
+    /// "What if": forecast again from a statistics file, for another bandwidth, schedule or
+    /// compression, without touching the source.
+    Forecast {
+        /// The statistics file a `tdu --stats FILE` run wrote.
+        #[arg(long)]
+        stats: PathBuf,
+        /// Compression to forecast for.
+        #[arg(long)]
+        compression: Option<crate::jobs::Compression>,
+        #[command(flatten)]
+        bandwidth: crate::jobs::BandwidthArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the chart (SVG).
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -187,6 +239,41 @@ pub fn run(cli: Cli) -> Result<()> {
             replay_command(&data_dir, &api, job.as_deref(), json, at.map(Seq))
         }
         Command::Demo { dir } => runtime()?.block_on(crate::demo::demo(dir)),
+        Command::Tdu {
+            what_if: Some(TduCommand::Forecast { stats, compression, bandwidth, json, plot }),
+            ..
+        } => {
+            let limit = crate::jobs::bandwidth_limit(&bandwidth)?;
+            crate::tdu::forecast(&stats, compression.map(Into::into), limit, json, &plot)
+        }
+        Command::Tdu {
+            what_if: None,
+            source,
+            compression,
+            bandwidth,
+            watch,
+            interval,
+            json,
+            stats,
+            plot,
+        } => {
+            let source = source.ok_or_else(|| {
+                crate::UserError("give the folder to measure: --source DIR".into())
+            })?;
+            let run = crate::tdu::TduRun {
+                source,
+                compression: compression
+                    .map_or(understudy_core::spec::CompressionLevel::None, Into::into),
+                limit: crate::jobs::bandwidth_limit(&bandwidth)?
+                    .unwrap_or(understudy_core::spec::BandwidthLimit::Unlimited),
+                watch: watch.map(Into::into),
+                interval: interval.into(),
+                json,
+                stats,
+                plot,
+            };
+            runtime()?.block_on(crate::tdu::run(run))
+        }
         Command::Simulate { seed, jobs, steps, data_dir } => {
             let options = SimOptions { seed, jobs, steps, ..SimOptions::default() };
             crate::simulate::simulate(&options, &data_dir)

@@ -311,6 +311,17 @@ pub enum Compression {
     Maximum,
 }
 
+impl From<Compression> for CompressionLevel {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::None => CompressionLevel::None,
+            Compression::Minimum => CompressionLevel::Minimum,
+            Compression::Medium => CompressionLevel::Medium,
+            Compression::Maximum => CompressionLevel::Maximum,
+        }
+    }
+}
+
 /// Parses "5MB", "64KiB", "3500", "1.5GB".
 ///
 /// # Errors
@@ -505,12 +516,7 @@ pub fn build_spec(args: &CreateArgs) -> Result<JobSpec> {
         spec.verification.comparison = c.into();
     }
     if let Some(c) = args.compression {
-        spec.compression = match c {
-            Compression::None => CompressionLevel::None,
-            Compression::Minimum => CompressionLevel::Minimum,
-            Compression::Medium => CompressionLevel::Medium,
-            Compression::Maximum => CompressionLevel::Maximum,
-        };
+        spec.compression = c.into();
     }
     if let Some(limit) = bandwidth_limit(&args.bandwidth)? {
         spec.bandwidth = limit;

@@ -14,6 +14,7 @@ mod demo;
 mod jobs;
 mod replay;
 mod simulate;
+mod tdu;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
     // Logs go to stderr; RUST_LOG chooses how much (the daemon says what it does at info).
     // The demo narrates on stdout; its daemon only speaks up when something is wrong.
     let default =
-        if args.is_demo() { "warn" } else { "warn,understudy=info,understudy_adapters=info" };
+        if args.is_quiet() { "warn" } else { "warn,understudy=info,understudy_adapters=info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -280,12 +280,18 @@ pub struct JobStatus {
     pub bytes_sent_compressed: u64,
     /// How far the target is behind the source for replication, in milliseconds.
     pub recovery_point_latency_ms: Option<u64>,
+    /// File data change capture has read and queued since the job started.
+    pub replication_data_bytes: u64,
+    /// Operations change capture has queued since the job started.
+    pub replication_operations: u64,
     /// When the current or last mirror started.
     pub mirror_started_at: Option<DateTime<Utc>>,
     /// When the last mirror ended.
     pub mirror_ended_at: Option<DateTime<Utc>>,
     /// Duration of the last complete mirror.
     pub last_mirror_duration_ms: Option<u64>,
+    /// The current or last mirror's counters.
+    pub mirror_counters: MirrorCounters,
     /// The last verification's result, if any.
     pub last_verification: Option<VerificationSummary>,
     /// Why the job is in Error or Warning, if it is.
@@ -312,9 +318,12 @@ impl Default for JobStatus {
             bytes_sent: 0,
             bytes_sent_compressed: 0,
             recovery_point_latency_ms: None,
+            replication_data_bytes: 0,
+            replication_operations: 0,
             mirror_started_at: None,
             mirror_ended_at: None,
             last_mirror_duration_ms: None,
+            mirror_counters: MirrorCounters::default(),
             last_verification: None,
             fault: None,
         }
@@ -389,6 +398,10 @@ pub struct ReplicationCounters {
     pub recovery_point_latency_ms: Option<u64>,
     /// A bandwidth schedule window holds transmission at zero (transmit mode Scheduled).
     pub held_by_schedule: bool,
+    /// File data change capture has read and queued (replication only, not mirrors).
+    pub replication_data_bytes: u64,
+    /// Operations change capture has queued, after coalescing.
+    pub replication_operations: u64,
 }
 
 /// The 13 counters of a verification, in the seeds' order, plus its outcome.

@@ -409,6 +409,8 @@ impl World {
                     operations_applied: state.bytes_sent / 4096,
                     recovery_point_latency_ms: Some(tick),
                     held_by_schedule: false,
+                    replication_data_bytes: state.bytes_sent,
+                    replication_operations: state.bytes_sent / 4096,
                 };
                 Some(Completion { effect, report: Report::ReplicationProgress { counters } })
             }

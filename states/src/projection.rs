@@ -55,6 +55,8 @@ pub fn observe(status: &mut JobStatus, data: &JobData, state: StateName, envelop
             status.bytes_sent = counters.bytes_sent;
             status.bytes_sent_compressed = counters.bytes_sent_compressed;
             status.recovery_point_latency_ms = counters.recovery_point_latency_ms;
+            status.replication_data_bytes = counters.replication_data_bytes;
+            status.replication_operations = counters.replication_operations;
         }
         JobEvent::VerificationCompleted { summary } => {
             status.last_verification = Some(summary.clone())
@@ -98,6 +100,7 @@ pub fn observe(status: &mut JobStatus, data: &JobData, state: StateName, envelop
 }
 
 fn set_mirror_counters(status: &mut JobStatus, counters: &MirrorCounters, data: &JobData) {
+    status.mirror_counters = counters.clone();
     status.mirror_skipped_bytes = counters.bytes_skipped;
     // Without "calculate size" the seeds show no percentage and no bytes remaining.
     let calculated = data.mirror.as_ref().is_some_and(|m| m.calculate_size);

@@ -576,6 +576,8 @@ impl SourceJob {
                     operations_applied: pipe.acked.load(Ordering::Relaxed),
                     recovery_point_latency_ms: pipe.recovery_point_latency_ms(),
                     held_by_schedule: limiter.held_by_schedule(),
+                    replication_data_bytes: pipe.replication_totals().0,
+                    replication_operations: pipe.replication_totals().1,
                 };
                 ctx.report(id, Report::ReplicationProgress { counters });
                 let connected = link.borrow().is_some();

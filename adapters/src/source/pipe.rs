@@ -67,6 +67,8 @@ pub struct PipeState {
     exhausted: bool,
     /// Bytes of file data enqueued by replication (for the TDU and the statistics).
     pub replication_bytes: u64,
+    /// Operations enqueued by replication.
+    pub replication_operations: u64,
 }
 
 /// The queue is exhausted: the job auto-disconnects and a remirror follows.
@@ -108,6 +110,7 @@ impl PipeState {
             }
             if producer == Producer::Replication {
                 self.stamps.push_back((self.next_seq, Instant::now()));
+                self.replication_operations += 1;
             }
             self.next_seq += 1;
         }
@@ -171,6 +174,7 @@ impl Pipe {
             stamps: VecDeque::new(),
             exhausted: false,
             replication_bytes: 0,
+            replication_operations: 0,
         };
         Ok(Arc::new(Pipe {
             job,
@@ -373,6 +377,12 @@ impl Pipe {
     /// The queue failed.
     pub fn flush_to_disk(&self) -> Result<(), QueueError> {
         self.lock().queue.flush_to_disk()
+    }
+
+    /// Replication's data bytes and operations queued so far.
+    pub fn replication_totals(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.replication_bytes, state.replication_operations)
     }
 
     /// Applies new queue limits.
