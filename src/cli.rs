@@ -50,10 +50,24 @@ enum Command {
         /// Where the HTTP/JSON API listens.
         #[arg(long, default_value = "127.0.0.1:6325")]
         api: std::net::SocketAddr,
-        /// A shared secret (the same file on both servers of a pair); without it only loopback
-        /// peers are accepted.
+        /// A shared secret (the same file on both servers of a pair); without it (or TLS) only
+        /// loopback peers are accepted.
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// TLS: the CA certificate both servers trust (from `understudy certs init`).
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        tls_ca: Option<PathBuf>,
+        /// TLS: this server's certificate.
+        #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// TLS: this server's private key.
+        #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
+        tls_key: Option<PathBuf>,
+    },
+    /// Certificates for TLS between engines.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Create, control and watch jobs (through the daemon's API).
     Job {
@@ -150,6 +164,19 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Make a small CA and a certificate for each server of a pair.
+    Init {
+        /// Where to write them.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A server: NAME or NAME=IP,IP (repeat for each server).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TduCommand {
     /// "What if": forecast again from a statistics file, for another bandwidth, schedule or
     /// compression, without touching the source.
@@ -213,9 +240,20 @@ enum BenchCommand {
 /// Whatever the command reports; `main` maps it to an exit status.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { data_dir, listen, api, secret_file } => {
+        Command::Certs { command: CertsCommand::Init { dir, hosts } } => {
+            let hosts =
+                hosts.iter().map(|h| crate::certs::parse_host(h)).collect::<Result<Vec<_>, _>>()?;
+            crate::certs::init(&dir, &hosts)
+        }
+        Command::Serve { data_dir, listen, api, secret_file, tls_ca, tls_cert, tls_key } => {
             let data_dir = data_dir.unwrap_or_else(datadir::default_data_dir);
-            let options = crate::daemon::ServeOptions { data_dir, listen, api, secret_file };
+            let tls = match (tls_ca, tls_cert, tls_key) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    Some(understudy_adapters::tls::TlsFiles { cert, key, ca })
+                }
+                _ => None,
+            };
+            let options = crate::daemon::ServeOptions { data_dir, listen, api, secret_file, tls };
             runtime()?.block_on(async move {
                 let daemon = crate::daemon::Daemon::start(&options).await?;
                 eprintln!(

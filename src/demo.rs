@@ -37,6 +37,7 @@ pub async fn demo(keep: Option<PathBuf>) -> Result<()> {
         listen: "127.0.0.1:0".parse()?,
         api: "127.0.0.1:0".parse()?,
         secret_file: None,
+        tls: None,
     };
     let mut daemon = Daemon::start(&options).await?;
     let token = crate::datadir::token(&data_dir)?;

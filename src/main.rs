@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_files;
+mod certs;
 mod cli;
 mod client;
 mod daemon;

@@ -60,6 +60,7 @@ pub async fn run(options: TduRun) -> Result<()> {
         listen: "127.0.0.1:0".parse()?,
         api: "127.0.0.1:0".parse()?,
         secret_file: None,
+        tls: None,
     };
     let mut daemon = Daemon::start(&serve).await?;
     let client =

@@ -21,6 +21,7 @@
 //!   change capture, bandwidth, all driven by effects;
 //! - [`target`]: the target engine: accepts replication connections and applies each job's
 //!   operations in order, acknowledging only what is durable;
+//! - [`tls`]: TLS with mutual certificates between engines;
 //! - [`script`]: runs a job's scripts with a timeout, keeping the end of their output;
 //! - [`error`]: every error of the crate, each with its retry class.
 //!
@@ -37,6 +38,7 @@ pub mod queue;
 pub mod script;
 pub mod source;
 pub mod target;
+pub mod tls;
 pub mod wire;
 
 pub use error::{ApplyError, PathError, QueueError, SourceError, WireError};

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub api: SocketAddr,
     /// The shared secret file, if any.
     pub secret_file: Option<PathBuf>,
+    /// TLS with mutual certificates, if configured.
+    pub tls: Option<understudy_adapters::tls::TlsFiles>,
 }
 
 /// A running daemon (the in-process one of `understudy demo`, or `serve`'s).
@@ -69,6 +71,12 @@ impl Daemon {
         let engine_id = datadir::engine_id(&options.data_dir)?;
         let secret = match &options.secret_file {
             Some(path) => Some(read_secret(path)?),
+            None => None,
+        };
+        let tls = match &options.tls {
+            Some(files) => Some(
+                understudy_adapters::tls::Tls::load(files).map_err(|e| UserError(e.to_string()))?,
+            ),
             None => None,
         };
 
@@ -110,6 +118,7 @@ impl Daemon {
         let context = SourceContext::new(
             engine_id.clone(),
             secret.clone(),
+            tls.as_ref().map(|t| Arc::clone(&t.client)),
             local_target,
             options.data_dir.join("queue"),
             options.data_dir.join("logs"),
@@ -119,12 +128,11 @@ impl Daemon {
         let router =
             tokio::spawn(route_effects(handle.clone(), context, effects_rx, shutdown_rx.clone()));
 
-        let target = TargetService::new(TargetConfig::new(
-            options.data_dir.join("target"),
-            engine_id,
-            secret,
-        ))
-        .context("creating the target's state folder")?;
+        let mut target_config =
+            TargetConfig::new(options.data_dir.join("target"), engine_id, secret);
+        target_config.tls = tls.map(|t| t.server);
+        let target =
+            TargetService::new(target_config).context("creating the target's state folder")?;
         tokio::spawn(Arc::clone(&target).serve(listener, shutdown_rx.clone()));
         tokio::spawn(api::serve(
             api_listener,

@@ -80,6 +80,8 @@ pub struct LinkOptions {
     pub stats: Arc<LinkStats>,
     /// Whether the stream is encrypted.
     pub encrypted: bool,
+    /// TLS for TCP connections, when configured.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn timed_out(address: &str) -> WireError {
@@ -123,7 +125,37 @@ impl Link {
             Err(_) => return Err(timed_out(&target.address)),
         };
         let peer = stream.peer_addr().map_or_else(|_| target.address.clone(), |a| a.to_string());
-        Link::over(stream, peer, target, job, session, resume_from, handshake, options).await
+        match options.tls.clone() {
+            Some(tls) => {
+                let name = crate::tls::server_name(&target.address)
+                    .map_err(|e| WireError::AuthFailed { reason: e.to_string() })?;
+                let connector = tokio_rustls::TlsConnector::from(tls);
+                let stream = match tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    connector.connect(name, stream),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        return Err(WireError::AuthFailed {
+                            reason: format!(
+                                "TLS with {} failed: {error} (check both engines' certificates and the CA)",
+                                target.address
+                            ),
+                        });
+                    }
+                    Err(_) => return Err(timed_out(&target.address)),
+                };
+                let options = LinkOptions { encrypted: true, ..options };
+                Link::over(stream, peer, target, job, session, resume_from, handshake, options)
+                    .await
+            }
+            None => {
+                Link::over(stream, peer, target, job, session, resume_from, handshake, options)
+                    .await
+            }
+        }
     }
 
     /// Authenticates and opens the job's session over an already connected stream (TCP, or an

@@ -80,6 +80,8 @@ pub struct SourceContext {
     pub log_dir: PathBuf,
     /// Where reports go.
     pub completions: mpsc::UnboundedSender<Completion>,
+    /// TLS for connections to targets, when configured.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     connections: AtomicU64,
     limiters: Mutex<BTreeMap<String, Arc<Limiter>>>,
 }
@@ -95,6 +97,7 @@ impl SourceContext {
     pub fn new(
         engine_id: String,
         secret: Option<Secret>,
+        tls: Option<Arc<rustls::ClientConfig>>,
         local_target: String,
         queue_dir: PathBuf,
         log_dir: PathBuf,
@@ -103,6 +106,7 @@ impl SourceContext {
         Arc::new(SourceContext {
             engine_id,
             secret,
+            tls,
             local_target,
             queue_dir,
             log_dir,
@@ -412,6 +416,7 @@ impl SourceJob {
             limiter: ctx.limiter(&target.address, &self.spec.bandwidth),
             stats: Arc::clone(&pipe.stats),
             encrypted: false,
+            tls: if null { None } else { ctx.tls.clone() },
         };
         let delays =
             (self.spec.recovery.reconnect_delay_ms, self.spec.recovery.reconnect_delay_max_ms);

@@ -49,6 +49,8 @@ pub struct TargetConfig {
     pub sync_interval: Duration,
     /// How long a peer has to finish the handshake.
     pub handshake_timeout: Duration,
+    /// TLS with mutual certificates, when configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl TargetConfig {
@@ -61,6 +63,7 @@ impl TargetConfig {
             retry_delay: Duration::from_secs(3),
             sync_interval: Duration::from_millis(100),
             handshake_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

@@ -31,20 +31,55 @@ const INBOX_FRAMES: usize = 64;
 
 pub(super) async fn serve(
     service: Arc<TargetService>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), WireError> {
     let config = &service.config;
-    if config.secret.is_none() && !peer.ip().is_loopback() {
+    if config.secret.is_none() && config.tls.is_none() && !peer.ip().is_loopback() {
         service.counters.refused.fetch_add(1, Ordering::Relaxed);
-        let reason = "this engine has no shared secret, so it accepts only loopback peers: start both engines of the pair with --secret-file FILE (the same file)".to_string();
-        tracing::warn!(%peer, "refused a non-loopback peer: no shared secret is configured");
+        let reason = "this engine has no shared secret and no TLS certificates, so it accepts only loopback peers: start both engines of the pair with --secret-file FILE (the same file), or with TLS (understudy certs init)".to_string();
+        tracing::warn!(%peer, "refused a non-loopback peer: no shared secret or TLS is configured");
+        let mut stream = stream;
         let refused =
             Message::Refused { reason: reason.clone(), protocol_version: PROTOCOL_VERSION };
         let _ = write_message(&mut stream, &refused, Compression::None).await;
         return Err(WireError::Refused { reason });
     }
+    match &config.tls {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+            let accepted =
+                tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream)).await;
+            match accepted {
+                Ok(Ok(stream)) => session(service, stream, peer, shutdown).await,
+                Ok(Err(error)) => {
+                    service.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, %error, "refused a replication peer: TLS failed (no or wrong certificate)");
+                    Err(WireError::AuthFailed { reason: format!("TLS: {error}") })
+                }
+                Err(_) => {
+                    service.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    Err(WireError::Refused {
+                        reason: format!("{peer} did not finish the TLS handshake in time"),
+                    })
+                }
+            }
+        }
+        None => session(service, stream, peer, shutdown).await,
+    }
+}
+
+async fn session<S>(
+    service: Arc<TargetService>,
+    mut stream: S,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WireError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &service.config;
     let handshake = HandshakeConfig {
         engine_id: config.engine_id.clone(),
         role: Role::Target,
@@ -98,7 +133,7 @@ pub(super) async fn serve(
     service.counters.sessions.fetch_add(1, Ordering::Relaxed);
     let stop = service.claim(job);
 
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = tokio::io::split(stream);
     let (inbox_tx, inbox_rx) = mpsc::channel::<Message>(INBOX_FRAMES);
     let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel::<Message>();
 
