@@ -231,6 +231,7 @@ fn build_long_job(store: &SledEventStore, job: JobId, events: u64) -> Result<()>
                 id: ConnectionId(1),
                 peer: "127.0.0.1:6320".into(),
                 encrypted: false,
+                target_diverged: false,
             },
         },
         JobEvent::MirrorStarted { mirror },

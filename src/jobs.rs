@@ -754,6 +754,7 @@ fn print_show(doc: &Value) {
         ("state", "state"),
         ("health", "health"),
         ("activity", "activity"),
+        ("role", "role"),
         ("source", "source"),
         ("target", "target"),
         ("mirror status", "mirror_status"),

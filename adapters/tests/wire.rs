@@ -84,8 +84,10 @@ fn every_message() -> Vec<Message> {
             root: "/srv/replica".into(),
             session: ConnectionId(4),
             resume_from_seq: 5,
+            spec: Some(Box::default()),
+            source_address: Some("198.51.100.1:6320".into()),
         },
-        Message::Opened { last_applied_seq: 6 },
+        Message::Opened { last_applied_seq: 6, diverged: true },
         Message::Ops {
             first_seq: 7,
             ops: every_operation().iter().map(|op| EncodedOp::encode(op).unwrap()).collect(),

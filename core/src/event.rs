@@ -491,6 +491,10 @@ pub struct ConnectionInfo {
     /// Whether the connection is encrypted.
     #[serde(default)]
     pub encrypted: bool,
+    /// The target's data changed outside replication (a failover that was undone): only a
+    /// remirror makes it match the source again.
+    #[serde(default)]
+    pub target_diverged: bool,
 }
 
 /// A fault the job records: what, how bad, in words.

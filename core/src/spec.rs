@@ -55,6 +55,23 @@ pub struct JobSpec {
     pub cutover: CutoverOptions,
     /// Scripts run on the target around mirrors.
     pub mirror_scripts: MirrorScripts,
+    /// Which engine this record of the job lives on.
+    pub role: JobRole,
+}
+
+/// Which side of a job an engine's record of it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobRole {
+    /// The source engine's job: it mirrors and replicates.
+    #[default]
+    Source,
+    /// The target engine's record of a job replicating to it: it watches the source (the
+    /// failover monitor) and fails over on this side.
+    Replica {
+        /// The source engine's replication address, which the monitor checks.
+        source_address: String,
+    },
 }
 
 impl Default for JobSpec {
@@ -75,6 +92,7 @@ impl Default for JobSpec {
             failover_monitor: FailoverMonitor::default(),
             cutover: CutoverOptions::default(),
             mirror_scripts: MirrorScripts::default(),
+            role: JobRole::Source,
         }
     }
 }
@@ -753,7 +771,8 @@ impl JobSpec {
                 return Err(SpecError::new("target", "the target port must not be 0"));
             }
         }
-        if self.target.endpoint == TargetEndpoint::Local {
+        // A replica's source is on another machine: its paths cannot overlap the target's.
+        if self.target.endpoint == TargetEndpoint::Local && self.role == JobRole::Source {
             let source = normalize(&self.source);
             let target = normalize(&self.target.path);
             if source == target {
@@ -870,6 +889,11 @@ impl JobSpec {
             return Err(SpecError::new("scripts", "a diagnostics job runs no target scripts"));
         }
         Ok(())
+    }
+
+    /// Whether this is a target engine's record of a job (see [`JobRole::Replica`]).
+    pub fn is_replica(&self) -> bool {
+        matches!(self.role, JobRole::Replica { .. })
     }
 
     /// A diagnostics spec for `source` with the target-only options off, as the TDU makes it.

@@ -312,6 +312,7 @@ impl World {
                     id: ConnectionId(self.next_connection),
                     peer: "sim-target:6320".into(),
                     encrypted: false,
+                    target_diverged: false,
                 };
                 Some(Completion { effect, report: Report::Connected { connection } })
             }

@@ -34,7 +34,7 @@ use understudy_core::EngineError;
 use understudy_core::command::{Command, CommandEnvelope, Rejection};
 use understudy_core::event::{Actor, EventMetadata};
 use understudy_core::ids::{JobId, Position, Seq};
-use understudy_core::spec::{BandwidthLimit, JobSpec, MirrorComparison, QueuePolicy};
+use understudy_core::spec::{BandwidthLimit, JobRole, JobSpec, MirrorComparison, QueuePolicy};
 use understudy_core::store::EventStore;
 use uuid::Uuid;
 
@@ -420,6 +420,10 @@ pub fn show(view: &JobView) -> serde_json::Value {
         "fault": status.fault,
         "compression": view.spec.as_ref().map(|s| s.compression),
         "bandwidth_limit": view.spec.as_ref().map(|s| s.bandwidth.to_string()),
+        "role": view.spec.as_ref().map(|s| match &s.role {
+            JobRole::Source => "source".to_string(),
+            JobRole::Replica { source_address } => format!("replica (source engine {source_address})"),
+        }),
         "source": view.spec.as_ref().map(|s| s.source.clone()),
         "target": view.spec.as_ref().map(|s| s.target.to_string()),
         "allowed": view.allowed,

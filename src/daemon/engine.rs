@@ -222,12 +222,21 @@ fn publish(
     effects: &mpsc::UnboundedSender<EffectEnvelope>,
     outcomes: &[Outcome],
 ) {
-    let mut touched = Vec::new();
-    for outcome in outcomes.iter().flatten() {
-        if outcome.events.is_empty() {
-            continue;
+    let changed: Vec<&Accepted> =
+        outcomes.iter().flatten().filter(|outcome| !outcome.events.is_empty()).collect();
+    if changed.is_empty() {
+        return;
+    }
+    // Views first: whoever acts on an event or an effect must find the job as it now is.
+    {
+        let mut views = views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for outcome in &changed {
+            if let Some(view) = JobView::of(engine, outcome.job) {
+                views.insert(outcome.job, view);
+            }
         }
-        touched.push(outcome.job);
+    }
+    for outcome in changed {
         for (seq, line) in &outcome.transitions {
             tracing::info!(job = %outcome.job, seq = seq.0, "{line}");
         }
@@ -236,15 +245,6 @@ fn publish(
         }
         for effect in &outcome.effects {
             let _ = effects.send(effect.clone());
-        }
-    }
-    if touched.is_empty() {
-        return;
-    }
-    let mut views = views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-    for id in touched {
-        if let Some(view) = JobView::of(engine, id) {
-            views.insert(id, view);
         }
     }
 }

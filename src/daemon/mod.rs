@@ -19,11 +19,12 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use understudy_adapters::source::{SourceContext, SourceJob};
-use understudy_adapters::target::{TargetConfig, TargetService};
+use understudy_adapters::target::{ReplicaJob, ReplicaNotice, TargetConfig, TargetService};
 use understudy_adapters::wire::Secret;
 use understudy_core::command::{Command, CommandEnvelope};
 use understudy_core::effect::{Effect, EffectEnvelope};
 use understudy_core::event::EventMetadata;
+use understudy_core::spec::{JobRole, TargetEndpoint};
 use understudy_core::{Engine, JobId};
 use understudy_states::Job;
 
@@ -125,14 +126,21 @@ impl Daemon {
             completions_tx,
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let router =
-            tokio::spawn(route_effects(handle.clone(), context, effects_rx, shutdown_rx.clone()));
-
         let mut target_config =
             TargetConfig::new(options.data_dir.join("target"), engine_id, secret);
         target_config.tls = tls.map(|t| t.server);
         let target =
             TargetService::new(target_config).context("creating the target's state folder")?;
+        let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+        target.set_notices(notices_tx);
+        tokio::spawn(record_replicas(handle.clone(), notices_rx));
+        let router = tokio::spawn(route_effects(
+            handle.clone(),
+            context,
+            Arc::clone(&target),
+            effects_rx,
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(Arc::clone(&target).serve(listener, shutdown_rx.clone()));
         tokio::spawn(api::serve(
             api_listener,
@@ -203,14 +211,37 @@ impl Daemon {
     }
 }
 
+/// A job's adapters on this engine: it is the job's source, or the record of a replica.
+enum JobAdapters {
+    Source(SourceJob),
+    Replica(ReplicaJob),
+}
+
+impl JobAdapters {
+    fn handle(&mut self, effect: &EffectEnvelope) {
+        match self {
+            JobAdapters::Source(job) => job.handle(effect),
+            JobAdapters::Replica(job) => job.handle(effect),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        match self {
+            JobAdapters::Source(job) => job.shutdown(),
+            JobAdapters::Replica(job) => job.shutdown(),
+        }
+    }
+}
+
 /// Routes each effect to its job's adapters, creating them on a job's first effect.
 async fn route_effects(
     engine: EngineHandle,
     context: Arc<SourceContext>,
+    target: Arc<TargetService>,
     mut effects: mpsc::UnboundedReceiver<EffectEnvelope>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut jobs: BTreeMap<JobId, SourceJob> = BTreeMap::new();
+    let mut jobs: BTreeMap<JobId, JobAdapters> = BTreeMap::new();
     loop {
         let effect = tokio::select! {
             effect = effects.recv() => effect,
@@ -225,7 +256,17 @@ async fn route_effects(
                     tracing::warn!(job = %id, effect = effect.effect.name(), "effect for a job without a spec");
                     continue;
                 };
-                entry.insert(SourceJob::new(id, spec, Arc::clone(&context)))
+                entry.insert(if spec.is_replica() {
+                    let completions = context.completions.clone();
+                    JobAdapters::Replica(ReplicaJob::new(
+                        id,
+                        spec,
+                        Arc::clone(&target),
+                        completions,
+                    ))
+                } else {
+                    JobAdapters::Source(SourceJob::new(id, spec, Arc::clone(&context)))
+                })
             }
         };
         tracing::debug!(job = %id, effect = effect.effect.name(), "effect");
@@ -236,6 +277,59 @@ async fn route_effects(
     }
     for job in jobs.values_mut() {
         job.shutdown();
+    }
+}
+
+/// Keeps this engine's record of the jobs other engines replicate here (ADR 9): created and
+/// started when a job's first session opens, deleted when its source hands the target over.
+async fn record_replicas(
+    engine: EngineHandle,
+    mut notices: mpsc::UnboundedReceiver<ReplicaNotice>,
+) {
+    while let Some(notice) = notices.recv().await {
+        let (job, command) = match notice {
+            ReplicaNotice::Opened { job, spec, source_address } => {
+                if engine.job(job).is_some() {
+                    continue;
+                }
+                let mut spec = *spec;
+                spec.role = JobRole::Replica { source_address };
+                spec.target.endpoint = TargetEndpoint::Local;
+                tracing::info!(%job, name = spec.name, "recording a job that replicates here");
+                let create = CommandEnvelope {
+                    job,
+                    command: Command::Create { spec: Box::new(spec) },
+                    metadata: EventMetadata::engine(),
+                };
+                match engine.execute(vec![create]).await {
+                    Ok(outcomes) if outcomes.iter().all(Result::is_ok) => {}
+                    Ok(outcomes) => {
+                        for error in outcomes.into_iter().filter_map(Result::err) {
+                            tracing::warn!(%job, %error, "could not record the replica job");
+                        }
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+                (job, Command::Start)
+            }
+            ReplicaNotice::Released { job } => {
+                if !engine.job(job).and_then(|v| v.spec).is_some_and(|s| s.is_replica()) {
+                    continue;
+                }
+                tracing::info!(%job, "the source handed the target over: the replica's record ends");
+                (job, Command::Delete)
+            }
+        };
+        let envelope = CommandEnvelope { job, command, metadata: EventMetadata::engine() };
+        match engine.execute(vec![envelope]).await {
+            Ok(outcomes) => {
+                for error in outcomes.into_iter().filter_map(Result::err) {
+                    tracing::warn!(%job, %error, "the replica job did not take the command");
+                }
+            }
+            Err(_) => break,
+        }
     }
 }
 

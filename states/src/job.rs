@@ -8,7 +8,7 @@ use understudy_core::command::{Command, CommandKind, Rejection};
 use understudy_core::effect::EffectEnvelope;
 use understudy_core::event::{EventEnvelope, JobEvent};
 use understudy_core::ids::JobId;
-use understudy_core::spec::JobSpec;
+use understudy_core::spec::{JobSpec, TargetEndpoint};
 use understudy_core::status::{JobStatus, StateName};
 use understudy_core::{Applied, IllegalEvent, JobMachine};
 
@@ -47,6 +47,14 @@ impl Job {
             // A late report of work the job has since stopped or replaced: nothing to record.
             return Ok(Vec::new());
         }
+        if let Some(reason) = self.machine.spec.as_ref().and_then(|spec| refusal_for(spec, command))
+        {
+            return Err(Rejection::Refused {
+                command: command.kind(),
+                state: self.state(),
+                reason,
+            });
+        }
         // Decide on a copy: whatever a handler does, the job itself stays as it is.
         let mut scratch = self.machine.clone();
         let mut ctx = Ctx::deciding(now);
@@ -59,6 +67,33 @@ impl Job {
             })
         })
     }
+}
+
+/// Commands this kind of job never takes, whatever its state.
+fn refusal_for(spec: &JobSpec, command: &Command) -> Option<String> {
+    use CommandKind as K;
+    let kind = command.kind();
+    if spec.is_replica() {
+        let source_only = [
+            K::Pause,
+            K::StartMirror,
+            K::PauseMirror,
+            K::ResumeMirror,
+            K::StopMirror,
+            K::Verify,
+            K::DeleteOrphans,
+            K::Cutover,
+            K::Reverse,
+            K::SetBandwidth,
+        ];
+        return source_only.contains(&kind).then(|| {
+            "this is the target engine's record of a job replicating here: run it on the source engine, or use failover / undo-failover here".to_string()
+        });
+    }
+    let remote = matches!(spec.target.endpoint, TargetEndpoint::Remote { .. });
+    (kind == K::Reverse && remote).then(|| {
+        "reversing a job between two engines is not supported yet: create a job on the failed-over engine whose target is this one".to_string()
+    })
 }
 
 impl JobMachine for Job {

@@ -21,7 +21,8 @@ use understudy_core::effect::{
     Completion, Effect, EffectEnvelope, Failure, FaultKind, Report, Retry, ScriptStage, Timer,
 };
 use understudy_core::event::{
-    EventEnvelope, Fault, FaultSeverity, JobEvent, MirrorKind, MirrorPlan, MirrorReason,
+    ConnectionInfo, EventEnvelope, Fault, FaultSeverity, JobEvent, MirrorKind, MirrorPlan,
+    MirrorReason,
 };
 use understudy_core::ids::JobId;
 use understudy_core::spec::{
@@ -1182,9 +1183,11 @@ impl JobData {
                     self.connect(ctx);
                     ctx.done()
                 }
-                JobEvent::Reconnected { .. } => {
+                JobEvent::Reconnected { connection } => {
                     self.reconnect_attempts = 0;
                     self.connected = true;
+                    // A failover undone on the target while we were away: its data moved on.
+                    self.remirror_needed |= connection.target_diverged;
                     ctx.done()
                 }
                 JobEvent::ReconnectFailed { attempt, .. } => {
@@ -1233,7 +1236,7 @@ impl JobData {
                     Report::Connected { connection } => {
                         let mut events =
                             vec![JobEvent::Reconnected { connection: connection.clone() }];
-                        if let Some(mirror) = self.mirror_after_reconnect() {
+                        if let Some(mirror) = self.mirror_after_reconnect(connection) {
                             events.push(JobEvent::MirrorStarted { mirror });
                         }
                         ctx.accept(events)
@@ -1255,9 +1258,11 @@ impl JobData {
                 _ => Super,
             },
             Input::Apply(envelope) => match &envelope.event {
-                JobEvent::Reconnected { .. } => {
+                JobEvent::Reconnected { connection } => {
                     self.reconnect_attempts = 0;
                     self.connected = true;
+                    // A failover undone on the target while we were away: its data moved on.
+                    self.remirror_needed |= connection.target_diverged;
                     if self.remirror_needed || !self.target_consistent {
                         ctx.go(State::connected())
                     } else {
@@ -1984,9 +1989,9 @@ impl JobData {
     }
 
     /// The mirror to run after a reconnect, if data may be missing on the target.
-    fn mirror_after_reconnect(&self) -> Option<MirrorPlan> {
+    fn mirror_after_reconnect(&self, connection: &ConnectionInfo) -> Option<MirrorPlan> {
         let recovery = &self.spec().recovery;
-        if self.remirror_needed && recovery.auto_remirror {
+        if (self.remirror_needed || connection.target_diverged) && recovery.auto_remirror {
             Some(self.restart_mirror(MirrorReason::AutoRemirror))
         } else if !self.mirrored_once {
             Some(self.restart_mirror(MirrorReason::Initial))

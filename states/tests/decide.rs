@@ -432,3 +432,67 @@ fn deleting_stops_everything_and_absorbs() {
     assert!(given.job.data().activities.is_empty());
     assert!(given.job.allowed().is_empty());
 }
+
+#[test]
+fn a_target_that_diverged_while_away_is_remirrored_on_reconnect() {
+    let mut given = in_state(StateName::Disconnected);
+    let mut info = connection(2);
+    info.target_diverged = true;
+    let connected = given.report(Activity::Connection, Report::Connected { connection: info });
+    let events = given.command(connected);
+    let JobEvent::MirrorStarted { mirror } = &events[1] else { panic!("{events:?}") };
+    assert_eq!(
+        (mirror.kind, mirror.reason),
+        (MirrorKind::Differential, MirrorReason::AutoRemirror)
+    );
+    assert_eq!(given.job.state(), StateName::Mirroring);
+}
+
+#[test]
+fn a_replica_refuses_source_work_and_says_where_to_run_it() {
+    let replica = understudy_core::spec::JobSpec {
+        role: understudy_core::spec::JobRole::Replica { source_address: "10.0.0.1:6320".into() },
+        ..spec()
+    };
+    let given = Given::with_spec(replica)
+        .then(JobEvent::StartRequested { mirror: support::full_mirror() })
+        .then(JobEvent::StartSucceeded { connection: connection(1) })
+        .then(JobEvent::MirrorStarted { mirror: support::full_mirror() })
+        .then(JobEvent::MirrorCompleted { counters: MirrorCounters::default() })
+        .then(JobEvent::ReplicationCaughtUp);
+    assert_eq!(given.job.state(), StateName::Protecting);
+    for command in [
+        Command::Pause,
+        Command::Verify { remirror: false },
+        Command::Cutover { target_queue: None },
+    ] {
+        let refusal = given.when(command.clone()).unwrap_err().to_string();
+        assert!(refusal.contains("run it on the source engine"), "{command:?}: {refusal}");
+    }
+    let allowed = given.job.allowed();
+    assert!(allowed.contains(&CommandKind::Failover), "{allowed:?}");
+    assert!(!allowed.contains(&CommandKind::Pause), "{allowed:?}");
+    assert!(given.when(Command::Failover { test: false, target_queue: None }).is_ok());
+}
+
+#[test]
+fn reversing_a_job_between_two_engines_is_refused_with_what_to_do() {
+    let remote = understudy_core::spec::JobSpec {
+        target: understudy_core::spec::TargetSpec {
+            endpoint: understudy_core::spec::TargetEndpoint::Remote {
+                host: "10.0.0.2".into(),
+                port: 6320,
+            },
+            path: "/srv/beta".into(),
+        },
+        ..spec()
+    };
+    let mut given = Given::with_spec(remote);
+    for event in in_state(StateName::FailedOver).history.into_iter().skip(2) {
+        given.apply(event.event);
+    }
+    assert_eq!(given.job.state(), StateName::FailedOver);
+    let refusal = given.when(Command::Reverse).unwrap_err().to_string();
+    assert!(refusal.contains("not supported yet"), "{refusal}");
+    assert!(given.when(Command::UndoFailover).is_ok());
+}

@@ -56,7 +56,12 @@ fn plan() -> MirrorPlan {
 }
 
 fn connection() -> ConnectionInfo {
-    ConnectionInfo { id: ConnectionId(3), peer: "198.51.100.7:6320".into(), encrypted: true }
+    ConnectionInfo {
+        id: ConnectionId(3),
+        peer: "198.51.100.7:6320".into(),
+        encrypted: true,
+        target_diverged: false,
+    }
 }
 
 fn mirror_counters() -> MirrorCounters {

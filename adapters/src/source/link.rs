@@ -63,6 +63,8 @@ pub struct Link {
     pub encrypted: bool,
     /// The target's last durable sequence number when the session opened.
     pub last_applied: u64,
+    /// The target's replica changed outside replication (an undone failover): remirror.
+    pub target_diverged: bool,
     out: mpsc::UnboundedSender<Message>,
     pending: Mutex<BTreeMap<u64, oneshot::Sender<Message>>>,
     next_request: AtomicU64,
@@ -98,6 +100,10 @@ pub struct LinkTarget {
     pub address: String,
     /// The replica's root on the target.
     pub root: String,
+    /// The job's spec, for the target engine's own record of the job.
+    pub spec: Option<understudy_core::JobSpec>,
+    /// This engine's replication address, which the target's failover monitor checks.
+    pub source_address: Option<String>,
 }
 
 impl Link {
@@ -185,18 +191,21 @@ impl Link {
                 root: target.root.clone(),
                 session,
                 resume_from_seq: resume_from,
+                spec: target.spec.clone().map(Box::new),
+                source_address: target.source_address.clone(),
             };
             write_message(&mut stream, &open, Compression::None).await?;
             match read_message(&mut stream).await? {
-                Message::Opened { last_applied_seq } => Ok(last_applied_seq),
+                Message::Opened { last_applied_seq, diverged } => Ok((last_applied_seq, diverged)),
                 Message::Refused { reason, .. } => Err(WireError::Refused { reason }),
                 other => Err(WireError::Unexpected { expected: "Opened", got: other.kind() }),
             }
         };
-        let last_applied = match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
-            Ok(result) => result?,
-            Err(_) => return Err(timed_out(&target.address)),
-        };
+        let (last_applied, target_diverged) =
+            match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
+                Ok(result) => result?,
+                Err(_) => return Err(timed_out(&target.address)),
+            };
         let (reader, writer) = tokio::io::split(stream);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
@@ -207,6 +216,7 @@ impl Link {
             peer,
             encrypted: options.encrypted,
             last_applied,
+            target_diverged,
             out: out_tx,
             pending: Mutex::new(BTreeMap::new()),
             next_request: AtomicU64::new(1),

@@ -408,7 +408,15 @@ impl SourceJob {
         self.link.send_replace(None);
         let Some(pipe) = self.pipe_or_open(id) else { return };
         let ctx = Arc::clone(&self.ctx);
-        let target = LinkTarget { address: self.target_address(), root: self.target_root() };
+        // The target engine keeps its own record of a job from another engine (its failover
+        // monitor runs there); a reversed job's target is the original source, which has one.
+        let remote = matches!(self.spec.target.endpoint, TargetEndpoint::Remote { .. });
+        let target = LinkTarget {
+            address: self.target_address(),
+            root: self.target_root(),
+            spec: (remote && !self.reversed).then(|| self.spec.clone()),
+            source_address: Some(self.ctx.local_target.clone()),
+        };
         let null = self.spec.target.endpoint == TargetEndpoint::Null;
         let link_tx = self.link.clone();
         let options = LinkOptions {
@@ -478,6 +486,7 @@ impl SourceJob {
                             id: link.id,
                             peer: link.peer.clone(),
                             encrypted: link.encrypted,
+                            target_diverged: link.target_diverged,
                         };
                         ctx.report(id, Report::Connected { connection });
                         let reason = pump(&ctx, id, &pipe, &link, inbound, &transmit_paused).await;

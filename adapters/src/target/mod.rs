@@ -18,7 +18,10 @@
 //! only its connection.
 
 pub mod null;
+mod replica;
 mod session;
+
+pub use replica::ReplicaJob;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,8 +32,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use understudy_core::JobId;
+use tokio::sync::{mpsc, watch};
+use understudy_core::spec::{JobSpec, QueuePolicy};
+use understudy_core::{ConnectionId, JobId};
 
 use crate::wire::Secret;
 
@@ -118,7 +122,47 @@ pub struct TargetService {
     config: TargetConfig,
     counters: TargetCounters,
     /// The live session of each job: a newer `Open` for the job ends the older session.
-    sessions: Mutex<BTreeMap<JobId, Arc<AtomicBool>>>,
+    sessions: Mutex<BTreeMap<JobId, Arc<LiveSession>>>,
+    /// Where the daemon hears about jobs replicating here (to keep its own record of them).
+    notices: Mutex<Option<mpsc::UnboundedSender<ReplicaNotice>>>,
+}
+
+/// A job's session while it runs.
+#[derive(Debug)]
+pub(crate) struct LiveSession {
+    pub(crate) stop: AtomicBool,
+    /// The applier is waiting for input: everything received is applied and durable.
+    pub(crate) idle: AtomicBool,
+    pub(crate) connection: ConnectionId,
+    pub(crate) peer: SocketAddr,
+}
+
+/// What the target engine tells its daemon about jobs replicating to it.
+#[derive(Clone, Debug)]
+pub enum ReplicaNotice {
+    /// Another engine opened a session for a job.
+    Opened {
+        /// The job.
+        job: JobId,
+        /// Its spec, as the source sent it.
+        spec: Box<JobSpec>,
+        /// The source engine's replication address.
+        source_address: String,
+    },
+    /// The source engine cut over or failed over the job: this side is live now.
+    Released {
+        /// The job.
+        job: JobId,
+    },
+}
+
+/// A replica that must not simply take replication again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fence {
+    /// Failed over on this side: sessions are refused until the failover is undone.
+    FailedOver,
+    /// The failover was undone: the next session is told the replica diverged.
+    Diverged,
 }
 
 impl TargetService {
@@ -133,7 +177,124 @@ impl TargetService {
             config,
             counters: TargetCounters::default(),
             sessions: Mutex::new(BTreeMap::new()),
+            notices: Mutex::new(None),
         }))
+    }
+
+    /// Where to tell the daemon about jobs replicating here.
+    pub fn set_notices(&self, notices: mpsc::UnboundedSender<ReplicaNotice>) {
+        *self.notices.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(notices);
+    }
+
+    fn notice(&self, notice: ReplicaNotice) {
+        if let Some(notices) =
+            self.notices.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref()
+        {
+            let _ = notices.send(notice);
+        }
+    }
+
+    /// This engine's id.
+    pub fn engine_id(&self) -> &str {
+        &self.config.engine_id
+    }
+
+    /// The job's live session: its connection number and the source's address.
+    pub fn session(&self, job: JobId) -> Option<(ConnectionId, SocketAddr)> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&job)
+            .map(|s| (s.connection, s.peer))
+    }
+
+    /// Whether the job's session has applied and synced everything it received (false
+    /// without a session).
+    pub fn session_idle(&self, job: JobId) -> bool {
+        self.live(job).is_some_and(|live| live.idle.load(Ordering::SeqCst))
+    }
+
+    /// Whether sessions are encrypted (TLS).
+    pub fn encrypted(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
+    fn live(&self, job: JobId) -> Option<Arc<LiveSession>> {
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&job).cloned()
+    }
+
+    fn fence_path(&self, job: JobId) -> PathBuf {
+        self.config.state_dir.join(format!("{job}.fence"))
+    }
+
+    fn fence(&self, job: JobId) -> Option<Fence> {
+        match std::fs::read_to_string(self.fence_path(job)).ok()?.trim() {
+            "failed-over" => Some(Fence::FailedOver),
+            "diverged" => Some(Fence::Diverged),
+            _ => None,
+        }
+    }
+
+    fn write_fence(&self, job: JobId, fence: Option<Fence>) -> std::io::Result<()> {
+        let path = self.fence_path(job);
+        match fence {
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            Some(fence) => {
+                let text = if fence == Fence::FailedOver { "failed-over" } else { "diverged" };
+                let tmp = path.with_extension("fence.tmp");
+                std::fs::write(&tmp, text)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            }
+        }
+    }
+
+    /// Failover on this side: ends the job's session and refuses new ones, durably, until the
+    /// failover is undone — a source coming back must not overwrite the live replica.
+    ///
+    /// # Errors
+    ///
+    /// The fence cannot be recorded.
+    pub fn fence_failed_over(&self, job: JobId) -> std::io::Result<()> {
+        self.write_fence(job, Some(Fence::FailedOver))?;
+        if let Some(live) = self.live(job) {
+            live.stop.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Undo of a failover: sessions are accepted again, and the next one is told the replica
+    /// diverged so the source remirrors.
+    ///
+    /// # Errors
+    ///
+    /// The fence cannot be recorded.
+    pub fn unfence(&self, job: JobId) -> std::io::Result<()> {
+        self.write_fence(job, Some(Fence::Diverged))
+    }
+
+    /// Settles what the job's session received but has not applied: apply waits until the
+    /// applier is idle (everything applied and durable); discard ends the session, dropping
+    /// what it held. Returns the operations applied meanwhile.
+    pub async fn settle(&self, job: JobId, policy: QueuePolicy) -> u64 {
+        let before = self.counters.operations_applied.load(Ordering::Relaxed);
+        if let Some(live) = self.live(job) {
+            match policy {
+                QueuePolicy::Apply => {
+                    let started = tokio::time::Instant::now();
+                    while !live.idle.load(Ordering::SeqCst)
+                        && started.elapsed() < Duration::from_secs(600)
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                QueuePolicy::Discard => live.stop.store(true, Ordering::SeqCst),
+            }
+        }
+        self.counters.operations_applied.load(Ordering::Relaxed) - before
     }
 
     /// The counters.
@@ -178,19 +339,24 @@ impl TargetService {
         }
     }
 
-    /// Registers a new session for `job`, ending the previous one; returns its stop flag.
-    fn claim(&self, job: JobId) -> Arc<AtomicBool> {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Registers a new session for `job`, ending the previous one.
+    fn claim(&self, job: JobId, connection: ConnectionId, peer: SocketAddr) -> Arc<LiveSession> {
+        let live = Arc::new(LiveSession {
+            stop: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+            connection,
+            peer,
+        });
         let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(old) = sessions.insert(job, Arc::clone(&stop)) {
-            old.store(true, Ordering::SeqCst);
+        if let Some(old) = sessions.insert(job, Arc::clone(&live)) {
+            old.stop.store(true, Ordering::SeqCst);
         }
-        stop
+        live
     }
 
-    fn release(&self, job: JobId, stop: &Arc<AtomicBool>) {
+    fn release(&self, job: JobId, live: &Arc<LiveSession>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if sessions.get(&job).is_some_and(|s| Arc::ptr_eq(s, stop)) {
+        if sessions.get(&job).is_some_and(|s| Arc::ptr_eq(s, live)) {
             sessions.remove(&job);
         }
     }

@@ -38,7 +38,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Message::Open { .. } => {}
         other => return Err(WireError::Unexpected { expected: "Open", got: other.kind() }),
     }
-    write_message(&mut stream, &Message::Opened { last_applied_seq: 0 }, Compression::None).await?;
+    write_message(
+        &mut stream,
+        &Message::Opened { last_applied_seq: 0, diverged: false },
+        Compression::None,
+    )
+    .await?;
     loop {
         let reply = match read_message(&mut stream).await {
             Ok(Message::Ops { first_seq, ops }) => {

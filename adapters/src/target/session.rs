@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -16,7 +16,7 @@ use understudy_core::Failure;
 use understudy_core::effect::Retry;
 use understudy_core::spec::QueuePolicy;
 
-use super::TargetService;
+use super::{Fence, LiveSession, ReplicaNotice, TargetService};
 use crate::error::{ApplyError, WireError};
 use crate::fsops::{Operation, RelPath, TargetRoot, block_hashes_range};
 use crate::script::run_script;
@@ -53,6 +53,10 @@ pub(super) async fn serve(
                 tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream)).await;
             match accepted {
                 Ok(Ok(stream)) => session(service, stream, peer, shutdown).await,
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(%peer, "a peer checked that this engine answers");
+                    Ok(())
+                }
                 Ok(Err(error)) => {
                     service.counters.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, %error, "refused a replication peer: TLS failed (no or wrong certificate)");
@@ -92,6 +96,11 @@ where
     .await
     {
         Ok(Ok(info)) => info,
+        // Connected and closed without a byte: a failover monitor checking that we answer.
+        Ok(Err(WireError::Closed)) => {
+            tracing::debug!(%peer, "a peer checked that this engine answers");
+            return Ok(());
+        }
         Ok(Err(error)) => {
             service.counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, %error, "refused a replication peer during the handshake");
@@ -104,13 +113,26 @@ where
             });
         }
     };
-    let (job, root, resume_from) = match read_message(&mut stream).await? {
-        Message::Open { job_id, root, resume_from_seq, .. } => (job_id, root, resume_from_seq),
-        other => {
-            service.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(WireError::Unexpected { expected: "Open", got: other.kind() });
-        }
-    };
+    let (job, root, resume_from, session_id, spec, source_address) =
+        match read_message(&mut stream).await? {
+            Message::Open { job_id, root, resume_from_seq, session, spec, source_address } => {
+                (job_id, root, resume_from_seq, session, spec, source_address)
+            }
+            other => {
+                service.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(WireError::Unexpected { expected: "Open", got: other.kind() });
+            }
+        };
+    let fence = service.fence(job);
+    if fence == Some(Fence::FailedOver) {
+        let reason = format!(
+            "the replica of job {job} was failed over on the target engine: undo the failover there (understudy job undo-failover {job}) before protecting again"
+        );
+        let refused =
+            Message::Refused { reason: reason.clone(), protocol_version: PROTOCOL_VERSION };
+        let _ = write_message(&mut stream, &refused, Compression::None).await;
+        return Err(WireError::Refused { reason });
+    }
     let state_path = config.state_dir.join(job.to_string());
     let opened = open_session(&root, &state_path);
     let (target, mut state) = match opened {
@@ -124,14 +146,32 @@ where
     };
     let last_applied = state.last_applied;
     tracing::info!(%peer, engine = %peer_info.engine_id, %job, root, last_applied, resume_from, "replication session opened");
+    let diverged = fence == Some(Fence::Diverged);
     write_message(
         &mut stream,
-        &Message::Opened { last_applied_seq: last_applied },
+        &Message::Opened { last_applied_seq: last_applied, diverged },
         Compression::None,
     )
     .await?;
+    if diverged && let Err(error) = service.write_fence(job, None) {
+        tracing::warn!(%job, %error, "could not clear the replica's divergence mark");
+    }
     service.counters.sessions.fetch_add(1, Ordering::Relaxed);
-    let stop = service.claim(job);
+    let live = service.claim(job, session_id, peer);
+    // Another engine's job: the daemon keeps its own record of it (monitor, failover here).
+    if let (Some(spec), Some(source_address)) = (spec, source_address)
+        && peer_info.engine_id != service.config.engine_id
+    {
+        let source_address = match source_address.parse::<SocketAddr>() {
+            // The source names its listener as it binds it (often loopback or unspecified):
+            // reach it at the address its connection came from.
+            Ok(addr) if addr.ip().is_unspecified() || addr.ip().is_loopback() => {
+                SocketAddr::new(peer.ip(), addr.port()).to_string()
+            }
+            _ => source_address,
+        };
+        service.notice(ReplicaNotice::Opened { job, spec, source_address });
+    }
 
     let (reader, writer) = tokio::io::split(stream);
     let (inbox_tx, inbox_rx) = mpsc::channel::<Message>(INBOX_FRAMES);
@@ -148,15 +188,16 @@ where
     });
 
     let applier_service = Arc::clone(&service);
-    let applier_stop = Arc::clone(&stop);
+    let applier_live = Arc::clone(&live);
     let handle = tokio::runtime::Handle::current();
     let applier = tokio::task::spawn_blocking(move || {
         let mut applier = Applier {
             service: applier_service,
+            job,
             target,
             state: &mut state,
             outbox: outbox_tx,
-            stop: applier_stop,
+            live: applier_live,
             runtime: handle,
             dirty: false,
             acked: last_applied,
@@ -186,14 +227,14 @@ where
             },
             _ = shutdown.changed() => break Ok(()),
         }
-        if stop.load(Ordering::SeqCst) {
+        if live.stop.load(Ordering::SeqCst) {
             break Ok(());
         }
     };
     drop(inbox_tx);
     let applied = applier.await.unwrap_or_else(|e| Err(format!("the applier panicked: {e}")));
     let _ = writer_task.await;
-    service.release(job, &stop);
+    service.release(job, &live);
     if let Err(reason) = applied {
         service.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, %job, reason, "replication session ended on an error");
@@ -244,10 +285,11 @@ fn open_session(root: &str, state_path: &Path) -> Result<(TargetRoot, SessionSta
 
 struct Applier<'a> {
     service: Arc<TargetService>,
+    job: understudy_core::JobId,
     target: TargetRoot,
     state: &'a mut SessionState,
     outbox: mpsc::UnboundedSender<Message>,
-    stop: Arc<AtomicBool>,
+    live: Arc<LiveSession>,
     runtime: tokio::runtime::Handle,
     /// Operations applied but not yet durable.
     dirty: bool,
@@ -267,7 +309,10 @@ impl Applier<'_> {
                 Err(mpsc::error::TryRecvError::Empty) => {
                     // Input ran dry: make what was applied durable, then wait.
                     self.sync_and_ack()?;
-                    match inbox.blocking_recv() {
+                    self.live.idle.store(true, Ordering::SeqCst);
+                    let next = inbox.blocking_recv();
+                    self.live.idle.store(false, Ordering::SeqCst);
+                    match next {
                         Some(message) => message,
                         None => break,
                     }
@@ -277,7 +322,7 @@ impl Applier<'_> {
             if self.dirty && self.last_sync.elapsed() >= self.service.config.sync_interval {
                 self.sync_and_ack()?;
             }
-            if self.stop.load(Ordering::SeqCst) {
+            if self.live.stop.load(Ordering::SeqCst) {
                 break;
             }
             match message {
@@ -331,6 +376,7 @@ impl Applier<'_> {
                 }
                 Message::Release => {
                     self.sync_and_ack()?;
+                    self.service.notice(ReplicaNotice::Released { job: self.job });
                     self.send(Message::Released);
                 }
                 Message::Heartbeat { at_ms } => self.send(Message::Heartbeat { at_ms }),
@@ -404,7 +450,7 @@ impl Applier<'_> {
                         // Make what came before durable while we wait, and say so.
                         self.sync_and_ack()?;
                         std::thread::sleep(self.service.config.retry_delay);
-                        if self.stop.load(Ordering::SeqCst) || self.outbox.is_closed() {
+                        if self.live.stop.load(Ordering::SeqCst) || self.outbox.is_closed() {
                             return Err("the session ended while an operation was blocked".into());
                         }
                     }

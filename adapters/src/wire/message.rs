@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use understudy_core::effect::{ScriptResult, ScriptStage};
-use understudy_core::spec::{QueuePolicy, Script};
+use understudy_core::spec::{JobSpec, QueuePolicy, Script};
 use understudy_core::{ConnectionId, Failure, JobId};
 
 use crate::error::WireError;
@@ -129,12 +129,23 @@ pub enum Message {
         /// The first sequence number the source still holds (everything before it was
         /// acknowledged).
         resume_from_seq: u64,
+        /// The job's spec, so the target engine keeps its own record of the job (for the
+        /// failover monitor and failover on the target side).
+        #[serde(default)]
+        spec: Option<Box<JobSpec>>,
+        /// The source engine's replication address, which the target's monitor checks.
+        #[serde(default)]
+        source_address: Option<String>,
     },
     /// The target answers `Open`: it has durably applied everything up to
     /// `last_applied_seq` (0: nothing), so the source resends from `last_applied_seq + 1`.
     Opened {
         /// The last durable sequence number.
         last_applied_seq: u64,
+        /// The replica changed outside replication (a failover that was undone): the source
+        /// must remirror.
+        #[serde(default)]
+        diverged: bool,
     },
     /// A batch of operations numbered `first_seq`, `first_seq + 1`, …: small files travel
     /// together in one frame.

@@ -31,7 +31,12 @@ pub fn spec() -> JobSpec {
 }
 
 pub fn connection(id: u64) -> ConnectionInfo {
-    ConnectionInfo { id: ConnectionId(id), peer: "127.0.0.1:6320".into(), encrypted: false }
+    ConnectionInfo {
+        id: ConnectionId(id),
+        peer: "127.0.0.1:6320".into(),
+        encrypted: false,
+        target_diverged: false,
+    }
 }
 
 pub fn full_mirror() -> MirrorPlan {
