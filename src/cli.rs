@@ -30,10 +30,10 @@ impl Cli {
 #[derive(Debug, Clone, clap::Args)]
 struct ApiArgs {
     /// The daemon's API address.
-    #[arg(long, env = "UNDERSTUDY_API", default_value = "127.0.0.1:6325")]
+    #[arg(long, global = true, env = "UNDERSTUDY_API", default_value = "127.0.0.1:6325")]
     api: String,
     /// The daemon's data directory (where its API token is), unless UNDERSTUDY_TOKEN is set.
-    #[arg(long, env = "UNDERSTUDY_DATA_DIR")]
+    #[arg(long, global = true, env = "UNDERSTUDY_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
 

@@ -274,13 +274,13 @@ pub struct CreateArgs {
     #[arg(long)]
     pre_script: Option<String>,
     /// An argument for the pre-cutover script; repeatable.
-    #[arg(long = "pre-script-arg")]
+    #[arg(long = "pre-script-arg", allow_hyphen_values = true)]
     pre_script_args: Vec<String>,
     /// A script run on the target at the end of cutover.
     #[arg(long)]
     post_script: Option<String>,
     /// An argument for the post-cutover script; repeatable.
-    #[arg(long = "post-script-arg")]
+    #[arg(long = "post-script-arg", allow_hyphen_values = true)]
     post_script_args: Vec<String>,
     /// Seconds a script may run.
     #[arg(long, default_value_t = 300)]

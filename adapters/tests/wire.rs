@@ -133,6 +133,7 @@ fn every_message() -> Vec<Message> {
         Message::Settle { policy: QueuePolicy::Discard },
         Message::Settled { operations: 14 },
         Message::Release,
+        Message::Skip { through_seq: 15 },
         Message::Released,
         Message::ListDir { query_id: 12, entries: vec![entry()] },
         Message::QueryFailed { query_id: 13, error: Failure::permanent("escapes") },
@@ -144,7 +145,7 @@ fn every_message() -> Vec<Message> {
 fn every_message_round_trips_plain_and_compressed() {
     // Compressed itself is made by the encoder; check the list covers every other variant.
     let kinds: std::collections::BTreeSet<_> = every_message().iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 27);
+    assert_eq!(kinds.len(), 28);
     for compression in [Compression::None, Compression::Zstd { level: 3 }] {
         let mut stream = Vec::new();
         for m in every_message() {

@@ -394,3 +394,26 @@ fn unknown_fields_are_ignored_and_missing_defaulted_ones_filled() {
     assert!(!connection.encrypted);
     assert_eq!(connection.peer, "198.51.100.7:6320");
 }
+
+/// Bytes written before a compatible change to an event (fields added with defaults) still
+/// decode to today's value: `golden-before-replicas/` holds the envelopes as they were before
+/// `JobSpec.role` and `ConnectionInfo.target_diverged` were added.
+#[test]
+fn bytes_written_before_a_compatible_change_still_decode() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-before-replicas");
+    let samples = samples();
+    let mut checked = 0;
+    for entry in fs::read_dir(&dir).expect("the folder of older golden bytes") {
+        let path = entry.expect("list the folder").path();
+        let name = path.file_stem().expect("a file name").to_string_lossy().into_owned();
+        let (_, event) = samples
+            .iter()
+            .find(|(sample, _)| *sample == name)
+            .unwrap_or_else(|| panic!("{name}: no sample of that name"));
+        let text = fs::read_to_string(&path).expect("readable golden bytes");
+        let decoded = decode_envelope(&from_hex(&text).expect("hex")).expect("still decodes");
+        assert_eq!(decoded, envelope(event.clone()), "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}

@@ -298,6 +298,11 @@ impl SourceQueue {
         &self.recovery
     }
 
+    /// The sequence number of the last item pushed, while the queue remembers one.
+    pub fn last_pushed(&self) -> Option<u64> {
+        self.last_pushed
+    }
+
     /// The limits.
     pub fn limits(&self) -> &QueueLimits {
         &self.limits

@@ -828,14 +828,24 @@ async fn pump(
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
     transmit_paused: &AtomicBool,
 ) -> String {
-    let mut window = Window { in_flight: BTreeMap::new(), bytes: 0, fault_reported: false };
+    let mut window = Window { in_flight: BTreeMap::new(), bytes: 0, blocked_at: None };
     let mut was_idle = false;
+    let mut skip_sent = None;
     loop {
         if let Some(reason) = link.closed_reason() {
             return reason;
         }
         while let Ok(message) = inbound.try_recv() {
             window.take(ctx, effect, pipe, message);
+        }
+        // Dropped operations are announced before anything numbered after them.
+        let owed = pipe.owed_skip();
+        if owed.is_some() && owed != skip_sent {
+            let through_seq = owed.unwrap_or_default();
+            if !link.send(Message::Skip { through_seq }) {
+                return link.closed_reason().unwrap_or_else(|| "the connection closed".into());
+            }
+            skip_sent = owed;
         }
         let can_send = !transmit_paused.load(Ordering::SeqCst) && window.bytes < WINDOW_BYTES;
         if can_send && was_idle {
@@ -885,7 +895,8 @@ struct Window {
     /// Last sequence number of each batch in flight → its bytes.
     in_flight: BTreeMap<u64, u64>,
     bytes: u64,
-    fault_reported: bool,
+    /// The operation the target reported it could not apply, while that fault stands.
+    blocked_at: Option<u64>,
 }
 
 impl Window {
@@ -902,9 +913,10 @@ impl Window {
                 for k in done {
                     self.bytes -= self.in_flight.remove(&k).unwrap_or(0);
                 }
-                if self.fault_reported {
-                    // Acknowledgements flow again: whatever blocked the target is gone.
-                    self.fault_reported = false;
+                if self.blocked_at.is_some_and(|blocked| seq >= blocked) {
+                    // The operation that was blocked is durable now: whatever blocked it is
+                    // gone. (Acknowledgements of what came before it say nothing.)
+                    self.blocked_at = None;
                     ctx.report(effect, Report::FaultCleared { kind: FaultKind::TargetDiskFull });
                     ctx.report(effect, Report::FaultCleared { kind: FaultKind::TargetApply });
                 }
@@ -914,7 +926,7 @@ impl Window {
                 let kind =
                     if disk_full { FaultKind::TargetDiskFull } else { FaultKind::TargetApply };
                 ctx.report(effect, Report::Fault { kind, failure });
-                self.fault_reported = true;
+                self.blocked_at = Some(self.blocked_at.map_or(seq, |b| b.min(seq)));
             }
             Inbound::Pause => pipe.paused.store(true, Ordering::SeqCst),
             Inbound::Resume => pipe.paused.store(false, Ordering::SeqCst),

@@ -8,6 +8,12 @@
 //! seen before the mirror reaches a file is overwritten by the mirror's newer read; one seen
 //! after is applied after it.)
 //!
+//! Sequence numbers are never reused, not even across a crash: they are reserved on disk in
+//! blocks ([`SEQ_BLOCK`]), and a clean shutdown records the exact next number. Operations the
+//! source drops without sending (an exhausted or discarded queue, a crash) are announced to the
+//! target with a `Skip`, so nothing numbered after them can be mistaken for a resend of
+//! something the target already applied.
+//!
 //! The pipe also keeps the *shadow*: what the target holds as far as this source knows (size,
 //! mtime and block hashes of each file it sent), so a change to a large file sends only the
 //! blocks that differ.
@@ -54,12 +60,19 @@ pub enum Producer {
     Replication,
 }
 
+/// Sequence numbers reserved on disk at a time: one small synced write per block.
+pub const SEQ_BLOCK: u64 = 1 << 20;
+
 /// The pipe's lock: the queue, the shadow, and the numbering.
 #[derive(Debug)]
 pub struct PipeState {
     queue: SourceQueue,
     next_seq: u64,
     acked: u64,
+    /// Where the numbering is reserved, and up to which number.
+    numbering: Numbering,
+    /// Operations up to here were dropped unsent: the target must be told before anything else.
+    skip_through: Option<u64>,
     /// What the target holds, by path.
     pub shadow: BTreeMap<RelPath, Shadow>,
     /// Enqueue times of replication operations not yet acknowledged.
@@ -96,6 +109,10 @@ impl PipeState {
                 && let Operation::Write { data, .. } = &op
             {
                 self.replication_bytes += data.len() as u64;
+            }
+            if let Err(error) = self.numbering.reserve(self.next_seq) {
+                self.exhausted = true;
+                return Err(Exhausted(format!("cannot reserve sequence numbers: {error}")));
             }
             match self.queue.push(self.next_seq, encoded.0) {
                 Ok(()) => {}
@@ -166,10 +183,20 @@ impl Pipe {
         limits: QueueLimits,
     ) -> Result<Arc<Pipe>, QueueError> {
         let queue = SourceQueue::open(queue_dir, &job.to_string(), limits)?;
+        let numbering =
+            Numbering::open(queue_dir.join(format!("{job}.seq"))).map_err(|source| {
+                QueueError::Io { op: "reading", path: queue_dir.join(format!("{job}.seq")), source }
+            })?;
+        // Above every number issued before; exactly after the last one after a clean stop.
+        let next_seq = numbering.reserved.max(queue.last_pushed().unwrap_or(0)) + 1;
+        let reloaded = !queue.is_empty();
         let state = PipeState {
             queue,
-            next_seq: 1,
-            acked: 0,
+            next_seq,
+            acked: next_seq - 1,
+            numbering,
+            // Without a reloaded queue, whatever was unsent before the stop is gone.
+            skip_through: (!reloaded && next_seq > 1).then_some(next_seq - 1),
             shadow: BTreeMap::new(),
             stamps: VecDeque::new(),
             exhausted: false,
@@ -183,7 +210,7 @@ impl Pipe {
             state: Mutex::new(state),
             enqueued: Notify::new(),
             changed: Notify::new(),
-            acked: AtomicU64::new(0),
+            acked: AtomicU64::new(next_seq - 1),
             paused: AtomicBool::new(false),
             stats: Arc::new(LinkStats::default()),
             latencies: Mutex::new(VecDeque::new()),
@@ -205,20 +232,32 @@ impl Pipe {
         self.excludes.iter().any(|e| path.starts_with(e))
     }
 
-    /// A session opened: the target has everything up to `last_applied`. Drops what it has,
-    /// resends the rest, and numbers on from there when nothing is queued.
+    /// A session opened: the target has everything up to `last_applied`. Drops what it has
+    /// and resends the rest.
     ///
     /// # Errors
     ///
     /// The queue failed.
     pub fn connected(&self, last_applied: u64) -> Result<(), QueueError> {
         let mut state = self.lock();
+        if last_applied >= state.next_seq {
+            // The target is past every number this source issued: the source's numbering was
+            // lost (its queue folder removed). Nothing queued can be told apart from what the
+            // target applied, so drop it and remirror.
+            tracing::warn!(job = %self.job, last_applied, next_seq = state.next_seq, "the target is ahead of this source's numbering; remirroring");
+            state.next_seq = last_applied + 1;
+            if !state.queue.is_empty() {
+                state.queue.reset()?;
+                state.shadow.clear();
+                state.exhausted = true;
+            }
+        }
         state.queue.ack(last_applied)?;
         state.queue.rewind();
-        if state.queue.is_empty() {
-            state.next_seq = last_applied + 1;
-        }
         state.acked = last_applied;
+        if state.skip_through.is_some_and(|through| through <= last_applied) {
+            state.skip_through = None;
+        }
         state.stamps.retain(|(seq, _)| *seq > last_applied);
         drop(state);
         self.acked.store(last_applied, Ordering::SeqCst);
@@ -272,6 +311,9 @@ impl Pipe {
         }
         state.queue.ack(seq)?;
         state.acked = seq;
+        if state.skip_through.is_some_and(|through| through <= seq) {
+            state.skip_through = None;
+        }
         let now = Instant::now();
         let mut measured = Vec::new();
         while let Some((stamped, at)) = state.stamps.front().copied() {
@@ -307,7 +349,11 @@ impl Pipe {
         state.shadow.clear();
         state.stamps.clear();
         state.exhausted = false;
-        state.next_seq = state.acked + 1;
+        // Numbers are not reused: the target is told the dropped ones are done.
+        let last = state.next_seq - 1;
+        if last > state.acked {
+            state.skip_through = Some(last);
+        }
         drop(state);
         self.notify();
         self.changed.notify_waiters();
@@ -323,6 +369,11 @@ impl Pipe {
     pub fn drained(&self) -> bool {
         let state = self.lock();
         state.acked >= state.next_seq - 1
+    }
+
+    /// The `Skip` the target must get before any further operation, if one is owed.
+    pub fn owed_skip(&self) -> Option<u64> {
+        self.lock().skip_through
     }
 
     /// Waits until everything enqueued up to `seq` is durable on the target.
@@ -376,7 +427,16 @@ impl Pipe {
     ///
     /// The queue failed.
     pub fn flush_to_disk(&self) -> Result<(), QueueError> {
-        self.lock().queue.flush_to_disk()
+        let mut state = self.lock();
+        state.queue.flush_to_disk()?;
+        // The exact next number, so a clean restart continues without a gap.
+        let last = state.next_seq - 1;
+        let path = state.numbering.path.clone();
+        state.numbering.record(last).map_err(|source| QueueError::Io {
+            op: "writing",
+            path,
+            source,
+        })
     }
 
     /// Replication's data bytes and operations queued so far.
@@ -388,5 +448,49 @@ impl Pipe {
     /// Applies new queue limits.
     pub fn set_limits(&self, limits: QueueLimits) {
         self.lock().queue.set_limits(limits);
+    }
+}
+
+/// The on-disk reservation of sequence numbers: a number is issued only once it is below the
+/// recorded reservation, so a crash never leads to a number being issued twice.
+#[derive(Debug)]
+struct Numbering {
+    path: PathBuf,
+    /// Every number issued is at most this.
+    reserved: u64,
+}
+
+impl Numbering {
+    fn open(path: PathBuf) -> std::io::Result<Numbering> {
+        let reserved = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} does not hold a sequence number", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(Numbering { path, reserved })
+    }
+
+    /// Makes sure `seq` may be issued, reserving the next block when it may not yet.
+    fn reserve(&mut self, seq: u64) -> std::io::Result<()> {
+        if seq <= self.reserved {
+            return Ok(());
+        }
+        self.record(seq + SEQ_BLOCK)
+    }
+
+    /// Records `reserved` durably (write to a side file, sync, rename).
+    fn record(&mut self, reserved: u64) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("seq.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, reserved.to_string().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.reserved = reserved;
+        Ok(())
     }
 }

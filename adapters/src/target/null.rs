@@ -77,6 +77,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             },
             Ok(Message::Settle { .. }) => Message::Settled { operations: 0 },
             Ok(Message::Release) => Message::Released,
+            Ok(Message::Skip { through_seq }) => Message::Ack { seq: through_seq },
             Ok(Message::Heartbeat { at_ms }) => Message::Heartbeat { at_ms },
             Ok(Message::Close { .. }) | Err(WireError::Closed) => return Ok(()),
             Ok(other) => {

@@ -188,6 +188,7 @@ where
     });
 
     let applier_service = Arc::clone(&service);
+    let applier_outbox = outbox_tx.clone();
     let applier_live = Arc::clone(&live);
     let handle = tokio::runtime::Handle::current();
     let applier = tokio::task::spawn_blocking(move || {
@@ -196,7 +197,7 @@ where
             job,
             target,
             state: &mut state,
-            outbox: outbox_tx,
+            outbox: applier_outbox,
             live: applier_live,
             runtime: handle,
             dirty: false,
@@ -212,6 +213,11 @@ where
         tokio::select! {
             message = read_message(&mut reader) => match message {
                 Ok(Message::Compressed { .. }) => unreachable!("the decoder removes compression"),
+                // Answered here, not behind the operations: a target waiting on a blocked
+                // file (disk full) is alive, and the source must not take it for gone.
+                Ok(Message::Heartbeat { at_ms }) => {
+                    let _ = outbox_tx.send(Message::Heartbeat { at_ms });
+                }
                 Ok(message) => {
                     if inbox_tx.send(message).await.is_err() {
                         break Ok(()); // the applier ended the session
@@ -232,6 +238,7 @@ where
         }
     };
     drop(inbox_tx);
+    drop(outbox_tx);
     let applied = applier.await.unwrap_or_else(|e| Err(format!("the applier panicked: {e}")));
     let _ = writer_task.await;
     service.release(job, &live);
@@ -327,6 +334,7 @@ impl Applier<'_> {
             }
             match message {
                 Message::Ops { first_seq, ops } => self.apply_batch(first_seq, &ops)?,
+                Message::Skip { through_seq } => self.skip(through_seq),
                 Message::QueryMeta { query_id, paths } => {
                     let entries: Result<Vec<_>, _> =
                         paths.iter().map(|p| self.target.stat(p)).collect();
@@ -402,6 +410,16 @@ impl Applier<'_> {
             self.send(Message::Ack { seq: self.acked });
         }
         Ok(())
+    }
+
+    /// The source dropped operations up to `through_seq`: count them as done (made durable
+    /// and acknowledged with what follows).
+    fn skip(&mut self, through_seq: u64) {
+        if through_seq > self.state.last_applied {
+            tracing::info!(job = %self.job, from = self.state.last_applied + 1, through_seq, "the source dropped operations; a remirror repairs them");
+            self.state.last_applied = through_seq;
+            self.dirty = true;
+        }
     }
 
     fn apply_batch(&mut self, first_seq: u64, ops: &[EncodedOp]) -> Result<(), String> {
@@ -485,6 +503,7 @@ impl Applier<'_> {
                     self.state.last_applied = self.state.last_applied.max(last);
                     self.dirty = true;
                 }
+                Message::Skip { through_seq } => self.skip(through_seq),
                 Message::Heartbeat { at_ms } => self.send(Message::Heartbeat { at_ms }),
                 other => return Err(format!("unexpected {} while discarding", other.kind())),
             }

@@ -155,6 +155,15 @@ pub enum Message {
         /// The operations, in order, each encoded on its own.
         ops: Vec<EncodedOp>,
     },
+    /// The source dropped every operation up to and including `through_seq` that it has not
+    /// sent (an exhausted or discarded queue, or one lost in a crash): the target counts them
+    /// as done and applies what follows. A remirror repairs what they would have changed.
+    /// Sequence numbers are never reused, so nothing sent after this can be mistaken for a
+    /// resend.
+    Skip {
+        /// The last dropped sequence number.
+        through_seq: u64,
+    },
     /// Everything up to and including `seq` is durable on the target.
     Ack {
         /// The last durable sequence number.
@@ -321,6 +330,7 @@ impl Message {
             Message::Settle { .. } => "Settle",
             Message::Settled { .. } => "Settled",
             Message::Release => "Release",
+            Message::Skip { .. } => "Skip",
             Message::Released => "Released",
             Message::Close { .. } => "Close",
             Message::Compressed { .. } => "Compressed",
