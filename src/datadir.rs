@@ -35,9 +35,11 @@ pub fn open_existing(data_dir: &Path) -> Result<SledEventStore> {
         .into());
     }
     let events = events_dir(data_dir);
-    if !events.is_dir() {
+    // An empty events/ folder holds no log: opening it would create one (sled creates freely).
+    let empty = std::fs::read_dir(&events).is_ok_and(|mut entries| entries.next().is_none());
+    if !events.is_dir() || empty {
         return Err(UserError(format!(
-            "{} is not an understudy data directory (it has no events/ folder): give the --data-dir a daemon or a simulation used",
+            "{} is not an understudy data directory (its events/ folder is missing or empty): give the --data-dir a daemon or a simulation used",
             data_dir.display()
         ))
         .into());

@@ -143,6 +143,16 @@ where
                 transitions: applied.transitions.clone(),
             });
         })?;
+    if let Some(at) = at
+        && folded.problem.is_none()
+        && folded.head < at
+    {
+        return Err(crate::UserError(format!(
+            "job {job} has {} events: --at {} is past its end (give a seq from 1 to {})",
+            folded.head.0, at.0, folded.head.0
+        ))
+        .into());
+    }
     let mut corrupt = folded.problem.clone();
     if at.is_some() && corrupt.is_none() {
         // The timeline stops at --at, but the audit still checks the rest of the chain.

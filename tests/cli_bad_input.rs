@@ -266,8 +266,11 @@ fn replay_refuses_what_is_not_a_data_directory() {
     let file = dir.path().join("file");
     std::fs::create_dir_all(&file).unwrap();
     std::fs::write(file.join("events"), b"hello").unwrap();
+    // A folder whose events/ is empty.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("events")).unwrap();
 
-    for folder in [&other, &fake, &file] {
+    for folder in [&other, &fake, &file, &empty] {
         let before = listing(folder);
         let out = understudy(&["replay", "--data-dir", folder.to_str().unwrap()]);
         let line = bad_input(&out);
@@ -289,6 +292,16 @@ fn replay_refuses_what_is_not_a_data_directory() {
     let line =
         bad_input(&understudy(&["replay", "--data-dir", other.join("cat.jpg").to_str().unwrap()]));
     assert!(line.contains("cat.jpg"), "{line}");
+
+    // A seq past the end of a job's history.
+    let data = dir.path().join("simulated");
+    let data = data.to_str().unwrap();
+    understudy(&["simulate", "--seed", "1", "--jobs", "1", "--steps", "40", "--data-dir", data])
+        .ok();
+    let list = understudy(&["replay", "--data-dir", data, "--json"]).ok().json();
+    let job = list[0]["id"].as_str().unwrap().to_string();
+    let line = bad_input(&understudy(&["replay", "--data-dir", data, &job, "--at", "999999"]));
+    assert!(line.contains("past its end"), "{line}");
 }
 
 #[test]

@@ -126,6 +126,10 @@ impl From<EngineError> for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
+        // A user's mistake found deeper down (e.g. `--at` past the end) is the caller's to fix.
+        if let Some(user) = error.downcast_ref::<crate::UserError>() {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid-argument", user.0.clone());
+        }
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{error:#}"))
     }
 }
