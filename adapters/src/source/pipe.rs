@@ -494,3 +494,92 @@ impl Numbering {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The numbering rules of ADR 10, on a real pipe and queue in a temporary folder.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn remove(name: &str) -> Operation {
+        Operation::Remove { path: RelPath::try_from(name).unwrap() }
+    }
+
+    fn open(dir: &Path) -> Arc<Pipe> {
+        let job = JobId::from_parts(1_700_000_000_000, [7; 10]);
+        Pipe::open(job, dir.to_path_buf(), Vec::new(), dir, QueueLimits::default()).unwrap()
+    }
+
+    fn enqueue(pipe: &Pipe, names: &[&str]) -> u64 {
+        let ops = names.iter().map(|n| remove(n));
+        pipe.lock().enqueue(ops, Producer::Mirror).unwrap()
+    }
+
+    #[test]
+    fn a_reset_never_reuses_numbers_and_owes_the_target_a_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipe = open(dir.path());
+        pipe.connected(0).unwrap();
+        assert_eq!(enqueue(&pipe, &["a", "b", "c"]), 3);
+        let (first, ops) = pipe.next_batch(1 << 20, 100).unwrap().unwrap();
+        assert_eq!((first, ops.len()), (1, 3));
+        pipe.ack(1).unwrap();
+        // Dropped while 2 and 3 were in flight (the target may have applied them).
+        pipe.reset().unwrap();
+        assert_eq!(pipe.owed_skip(), Some(3));
+        assert_eq!(enqueue(&pipe, &["d"]), 4, "numbers go on, they never restart");
+        // A new session: the target had applied 2 and 3; the skip is no longer owed.
+        pipe.connected(3).unwrap();
+        assert_eq!(pipe.owed_skip(), None);
+        let (first, _) = pipe.next_batch(1 << 20, 100).unwrap().unwrap();
+        assert_eq!(first, 4, "the operation after the reset is sent, not taken for a resend");
+    }
+
+    #[test]
+    fn after_a_crash_numbering_resumes_above_everything_issued() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let pipe = open(dir.path());
+            pipe.connected(0).unwrap();
+            enqueue(&pipe, &["a", "b"]);
+            // Dropped without a flush: a crash.
+        }
+        let pipe = open(dir.path());
+        let next = enqueue(&pipe, &["c"]);
+        assert!(next > 2, "issued {next} again after a crash");
+        assert_eq!(pipe.owed_skip(), Some(next - 1));
+        pipe.connected(1).unwrap();
+        assert_eq!(pipe.owed_skip(), Some(next - 1), "owed until the target has it");
+        pipe.ack(next - 1).unwrap();
+        assert_eq!(pipe.owed_skip(), None);
+    }
+
+    #[test]
+    fn after_a_clean_stop_numbering_continues_without_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let pipe = open(dir.path());
+            pipe.connected(0).unwrap();
+            enqueue(&pipe, &["a", "b"]);
+            pipe.flush_to_disk().unwrap();
+        }
+        let pipe = open(dir.path());
+        assert_eq!(pipe.owed_skip(), None);
+        assert_eq!(enqueue(&pipe, &["c"]), 3);
+        pipe.connected(0).unwrap();
+        let (first, ops) = pipe.next_batch(1 << 20, 100).unwrap().unwrap();
+        assert_eq!((first, ops.len()), (1, 3), "the reloaded queue, then the new operation");
+    }
+
+    #[test]
+    fn a_target_ahead_of_the_numbering_forces_a_remirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipe = open(dir.path());
+        enqueue(&pipe, &["a", "b"]);
+        pipe.connected(1_000).unwrap();
+        assert!(pipe.exhausted(), "what was queued cannot be told from what was applied");
+        pipe.reset().unwrap();
+        assert_eq!(enqueue(&pipe, &["c"]), 1_001);
+    }
+}
