@@ -404,6 +404,24 @@ pub struct ReplicationCounters {
     pub replication_operations: u64,
 }
 
+impl ReplicationCounters {
+    /// Whether replication moved between the two: data queued, sent for changes or applied.
+    /// Bytes on the wire alone (heartbeats of an idle job) do not count.
+    pub fn moved_since(&self, before: &ReplicationCounters) -> bool {
+        let key = |c: &ReplicationCounters| {
+            (
+                c.queue_bytes,
+                c.disk_queue_bytes,
+                c.operations_applied,
+                c.held_by_schedule,
+                c.replication_data_bytes,
+                c.replication_operations,
+            )
+        };
+        key(self) != key(before)
+    }
+}
+
 /// The 13 counters of a verification, in the seeds' order, plus its outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -115,7 +115,17 @@ impl Daemon {
             }
         });
 
-        let local_target = format!("127.0.0.1:{}", listen_addr.port());
+        // Local jobs connect to our own listener: on loopback when it listens everywhere.
+        let local_target = if listen_addr.ip().is_unspecified() {
+            let loopback: std::net::IpAddr = if listen_addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            SocketAddr::new(loopback, listen_addr.port()).to_string()
+        } else {
+            listen_addr.to_string()
+        };
         let context = SourceContext::new(
             engine_id.clone(),
             secret.clone(),

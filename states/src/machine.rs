@@ -348,7 +348,9 @@ impl JobData {
                 // Record at the interval, and whenever the queue empties or starts filling, so
                 // the history shows when the target caught up.
                 let edge = (counters.queue_bytes == 0) != (self.replication.queue_bytes == 0);
-                if (due(self.replication_progress_at) && *counters != self.replication) || edge {
+                if (due(self.replication_progress_at) && counters.moved_since(&self.replication))
+                    || edge
+                {
                     vec![JobEvent::ReplicationProgressed { counters: counters.clone() }]
                 } else {
                     Vec::new()

@@ -496,6 +496,11 @@ impl SourceQueue {
         self.sent = 0;
     }
 
+    /// Item bytes held, in memory and on disk.
+    pub fn held_bytes(&self) -> u64 {
+        self.mem_bytes + self.disk_bytes
+    }
+
     /// Items held, in flight and pending.
     pub fn len(&self) -> u64 {
         self.mem.len() as u64 + self.segments.iter().map(|s| s.items).sum::<u64>()

@@ -388,9 +388,15 @@ impl Worker {
         }
         if file_type.is_file() {
             let target = shadow_target(&self.pipe, path);
-            return match send_file(&self.pipe, path, target.as_ref(), Producer::Replication) {
+            return match send_file(
+                &self.pipe,
+                path,
+                target.as_ref(),
+                Producer::Replication,
+                &mut || true,
+            ) {
                 Ok(_) | Err(SendError::Vanished | SendError::Unreadable(_)) => Ok(()),
-                Err(e @ SendError::Exhausted(_)) => Err(e),
+                Err(e @ (SendError::Exhausted(_) | SendError::Interrupted)) => Err(e),
             };
         }
         Ok(()) // devices, FIFOs and sockets are not replicated

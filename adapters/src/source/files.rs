@@ -32,6 +32,9 @@ pub enum SendError {
     /// The queue is exhausted.
     #[error(transparent)]
     Exhausted(#[from] Exhausted),
+    /// The caller's pacing said stop (the mirror was stopped or lost its connection).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl SendError {
@@ -55,17 +58,19 @@ pub struct TargetFile {
 
 /// Makes the target's `path` equal to the source file: the whole file when `target` is
 /// `None`, else only the blocks whose hashes differ. Ends with the file's attributes and
-/// records the shadow.
+/// records the shadow. `pace` runs before each block is queued: it may wait (a mirror holds
+/// back so it never fills a bounded queue) or say stop.
 ///
 /// # Errors
 ///
-/// The file vanished or cannot be read (the caller skips and reports it), or the queue is
-/// exhausted.
+/// The file vanished or cannot be read (the caller skips and reports it), the queue is
+/// exhausted, or `pace` said stop.
 pub fn send_file(
     pipe: &Pipe,
     path: &RelPath,
     target: Option<&TargetFile>,
     producer: Producer,
+    pace: &mut dyn FnMut() -> bool,
 ) -> Result<FileSent, SendError> {
     let local = path.to_local(&pipe.root);
     let file = File::open(&local).map_err(SendError::from_io)?;
@@ -114,6 +119,9 @@ pub fn send_file(
             if unchanged {
                 sent.bytes_skipped += data.len() as u64;
             } else {
+                if !pace() {
+                    return Err(SendError::Interrupted);
+                }
                 let mut state = pipe.lock();
                 let data_len = data.len() as u64;
                 let write = Operation::Write { path: path.clone(), offset, data };

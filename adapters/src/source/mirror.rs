@@ -574,8 +574,20 @@ impl Run<'_> {
         target: Option<&TargetFile>,
         remirror: bool,
     ) -> Result<FileSent, RunError> {
-        self.backpressure()?;
-        match send_file(&self.pipe, &source.path, target, Producer::Mirror) {
+        let pipe = Arc::clone(&self.pipe);
+        let mut interrupted = None;
+        let mut pace = || match self.backpressure() {
+            Ok(()) => true,
+            Err(error) => {
+                interrupted = Some(error);
+                false
+            }
+        };
+        let result = send_file(&pipe, &source.path, target, Producer::Mirror, &mut pace);
+        if let Some(error) = interrupted {
+            return Err(error);
+        }
+        match result {
             Ok(sent) => {
                 self.counters.files_mirrored += 1;
                 self.counters.bytes_mirrored += sent.bytes_sent;
@@ -595,6 +607,7 @@ impl Run<'_> {
                 Ok(FileSent::default())
             }
             Err(SendError::Exhausted(e)) => Err(RunError::Exhausted(e)),
+            Err(SendError::Interrupted) => unreachable!("only `pace` interrupts, and it said why"),
         }
     }
 
@@ -608,8 +621,7 @@ impl Run<'_> {
     /// Holds the walk while too many mirror operations wait for the target.
     fn backpressure(&mut self) -> Result<(), RunError> {
         self.wait(|r| {
-            let queued = r.pipe.lock().queued();
-            if queued < PENDING_MIRROR_OPS {
+            if !r.pipe.lock().mirror_should_wait(PENDING_MIRROR_OPS) {
                 return true;
             }
             let pipe = Arc::clone(&r.pipe);

@@ -83,8 +83,16 @@ pub struct SourceContext {
     /// TLS for connections to targets, when configured.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     connections: AtomicU64,
+    /// Connection ids up to here are reserved on disk, so a restart never reuses one.
+    connections_reserved: Mutex<u64>,
     limiters: Mutex<BTreeMap<String, Arc<Limiter>>>,
 }
+
+/// The file (in the queue folder) where connection ids are reserved.
+const CONNECTION_IDS: &str = "connection-ids";
+
+/// Connection ids reserved at a time.
+const CONNECTION_ID_BLOCK: u64 = 1_000;
 
 impl std::fmt::Debug for SourceContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,6 +111,10 @@ impl SourceContext {
         log_dir: PathBuf,
         completions: mpsc::UnboundedSender<Completion>,
     ) -> Arc<Self> {
+        let reserved = std::fs::read_to_string(queue_dir.join(CONNECTION_IDS))
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .unwrap_or(0);
         Arc::new(SourceContext {
             engine_id,
             secret,
@@ -111,7 +123,8 @@ impl SourceContext {
             queue_dir,
             log_dir,
             completions,
-            connections: AtomicU64::new(0),
+            connections: AtomicU64::new(reserved),
+            connections_reserved: Mutex::new(reserved),
             limiters: Mutex::new(BTreeMap::new()),
         })
     }
@@ -121,7 +134,25 @@ impl SourceContext {
     }
 
     fn next_connection(&self) -> ConnectionId {
-        ConnectionId(self.connections.fetch_add(1, Ordering::Relaxed) + 1)
+        let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut reserved =
+            self.connections_reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if id > *reserved {
+            let next = id + CONNECTION_ID_BLOCK;
+            let path = self.queue_dir.join(CONNECTION_IDS);
+            let tmp = path.with_extension("tmp");
+            let written = std::fs::create_dir_all(&self.queue_dir)
+                .and_then(|()| std::fs::write(&tmp, next.to_string()))
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            match written {
+                Ok(()) => *reserved = next,
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "cannot reserve connection ids; they may repeat after a restart")
+                }
+            }
+        }
+        ConnectionId(id)
     }
 
     /// The limiter of the jobs to `address` (the seeds share bandwidth per source → target).

@@ -30,7 +30,7 @@ use understudy_core::JobId;
 use super::link::LinkStats;
 use crate::error::QueueError;
 use crate::fsops::{BlockHash, Operation, RelPath};
-use crate::queue::{QueueLimits, QueueUsage, SourceQueue};
+use crate::queue::{DiskLimit, QueueLimits, QueueUsage, SourceQueue};
 use crate::wire::EncodedOp;
 
 /// What the target holds for a path, as far as this source knows.
@@ -142,6 +142,24 @@ impl PipeState {
     /// Operations waiting or in flight.
     pub fn queued(&self) -> u64 {
         self.queue.len()
+    }
+
+    /// Whether a mirror should wait before reading more: it holds at most `max_ops`
+    /// operations in the queue, and at most half of what a bounded queue can hold, so the
+    /// mirror alone never exhausts the queue (it can always read again later; captured
+    /// changes cannot).
+    pub fn mirror_should_wait(&self, max_ops: u64) -> bool {
+        let queued = self.queue.len();
+        if queued == 0 {
+            return false;
+        }
+        let limits = self.queue.limits();
+        let bounded = match limits.disk {
+            DiskLimit::Disabled => Some(limits.memory_bytes),
+            DiskLimit::Limited(disk) => Some(limits.memory_bytes.saturating_add(disk)),
+            DiskLimit::Unlimited => None,
+        };
+        queued >= max_ops || bounded.is_some_and(|cap| self.queue.held_bytes() >= cap / 2)
     }
 }
 

@@ -36,7 +36,10 @@ pub(super) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), WireError> {
     let config = &service.config;
-    if config.secret.is_none() && config.tls.is_none() && !peer.ip().is_loopback() {
+    // This machine's own jobs reach us from our own address when we listen on another one.
+    let same_host =
+        peer.ip().is_loopback() || stream.local_addr().is_ok_and(|l| l.ip() == peer.ip());
+    if config.secret.is_none() && config.tls.is_none() && !same_host {
         service.counters.refused.fetch_add(1, Ordering::Relaxed);
         let reason = "this engine has no shared secret and no TLS certificates, so it accepts only loopback peers: start both engines of the pair with --secret-file FILE (the same file), or with TLS (understudy certs init)".to_string();
         tracing::warn!(%peer, "refused a non-loopback peer: no shared secret or TLS is configured");
