@@ -61,7 +61,7 @@
 //!
 //! ## Why not a sled transaction, nor a CAS per event, nor an index key per event
 //!
-//! Measured on the 2-core development machine (`examples/bench.rs`, 1,000-event batches over
+//! Measured on the 2-core development machine (`understudy bench event-log` and earlier probes, 1,000-event batches over
 //! ten jobs, 400-byte envelopes), sled's cost is almost all per key inserted: its leaves split
 //! every 16 entries, and each insert logs a delta.
 //!
