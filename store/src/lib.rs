@@ -61,9 +61,9 @@
 //!
 //! ## Why not a sled transaction, nor a CAS per event, nor an index key per event
 //!
-//! Measured on the 2-core development machine (`understudy bench event-log` and earlier probes, 1,000-event batches over
-//! ten jobs, 400-byte envelopes), sled's cost is almost all per key inserted: its leaves split
-//! every 16 entries, and each insert logs a delta.
+//! Measured on the 2-core development machine (`understudy bench event-log` and earlier
+//! probes, 1,000-event batches over ten jobs, 400-byte envelopes), sled's cost is almost all
+//! per key inserted: its leaves split every 16 entries, and each insert logs a delta.
 //!
 //! - A multi-key transaction buys nothing here: sled 0.34 runs a transaction's closure under
 //!   the same global write lock as `apply_batch` (`concurrency_control::write`), and its
