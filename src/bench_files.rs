@@ -9,7 +9,6 @@
 //!
 //! The daemon runs as its own process (this binary's `serve`), so its memory is its own.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::bench_support::{
+    BenchDaemon, Census, free_port, gib, is_root, make_tree, settle, walk, warm,
+};
 use crate::client::Client;
 
 /// What to measure.
@@ -36,18 +38,6 @@ pub struct FilesBench {
     pub runs: u32,
 }
 
-struct Daemon {
-    child: Child,
-    client: Client,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct RsyncDaemon {
     child: Child,
     port: u16,
@@ -58,10 +48,6 @@ impl Drop for RsyncDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Runs the benchmark and prints its figures.
@@ -83,16 +69,13 @@ pub async fn run(options: FilesBench) -> Result<()> {
     }
     let source = base.join("source");
     std::fs::create_dir_all(&source)?;
-    let (files, bytes) = make_tree(&source, options.files, options.total_mb)?;
-    println!(
-        "tree: {files} files, {:.2} GiB in {}",
-        bytes as f64 / (1u64 << 30) as f64,
-        source.display()
-    );
+    let how = make_tree(&source, options.files, options.total_mb)?;
+    let Census { files, bytes, .. } = Census::of(&source)?;
+    println!("tree: {files} files, {:.2} GiB in {} (made by {how})", gib(bytes), source.display());
     warm(&source)?;
 
     let rsync = start_rsync(&base)?;
-    let daemon = start_daemon(&base).await?;
+    let daemon = BenchDaemon::start(&base.join("daemon"))?;
 
     // Initial mirror: the best of `runs`, each into an empty target.
     let mut ours = Vec::new();
@@ -194,12 +177,6 @@ fn start_rsync(base: &Path) -> Result<RsyncDaemon> {
     Ok(RsyncDaemon { child, port })
 }
 
-/// Writes back dirty pages so each measurement starts from the same clean page cache
-/// (otherwise one tool pays for the other's writeback).
-fn settle() {
-    let _ = Command::new("sync").status();
-}
-
 fn time_rsync(rsync: &RsyncDaemon, source: &Path, target: &Path) -> Result<Duration> {
     let name = target.file_name().and_then(|n| n.to_str()).context("target name")?;
     std::fs::create_dir_all(target)?;
@@ -217,36 +194,6 @@ fn time_rsync(rsync: &RsyncDaemon, source: &Path, target: &Path) -> Result<Durat
         bail!("rsync failed: {status}");
     }
     Ok(elapsed)
-}
-
-async fn start_daemon(base: &Path) -> Result<Daemon> {
-    let data_dir = base.join("daemon");
-    let (listen, api) = (free_port()?, free_port()?);
-    let child = Command::new(std::env::current_exe()?)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{listen}"))
-        .arg("--api")
-        .arg(format!("127.0.0.1:{api}"))
-        .env("RUST_LOG", std::env::var("UNDERSTUDY_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the daemon")?;
-    let started = Instant::now();
-    let token = loop {
-        if let Ok(token) = std::fs::read_to_string(data_dir.join("token"))
-            && std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
-        {
-            break token.trim().to_string();
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("the daemon did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    Ok(Daemon { child, client: Client::with_token(&format!("127.0.0.1:{api}"), token) })
 }
 
 async fn command(client: &Client, job: &str, name: &str) -> Result<()> {
@@ -317,87 +264,6 @@ fn check_equal(source: &Path, target: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-/// Reads the tree once so both tools start from the same warm page cache.
-fn warm(dir: &Path) -> Result<()> {
-    for entry in walk(dir)? {
-        if entry.is_file() {
-            let _ = std::fs::read(&entry)?;
-        }
-    }
-    Ok(())
-}
-
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// A seeded generator (splitmix64): the same tree on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// The tree `../shared/tools/mktree.py` describes: heavy-tailed sizes (Pareto, α = 1.1), up to
-/// four levels of folders with spaces and non-ASCII names, half the data compressible.
-fn make_tree(root: &Path, files: u64, total_mb: u64) -> Result<(u64, u64)> {
-    let mut rng = Rng(7);
-    let weights: Vec<f64> =
-        (0..files).map(|_| (1.0 - rng.unit()).max(1e-12).powf(-1.0 / 1.1)).collect();
-    let scale = (total_mb * 1024 * 1024) as f64 / weights.iter().sum::<f64>();
-    let names = ["alpha", "beta", "gamma delta", "données", "журнал", "logs", "db", "img"];
-    let text = b"The quick brown fox jumps over the lazy dog. ".repeat(100);
-    let mut total = 0u64;
-    for (i, w) in weights.iter().enumerate() {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a size
-        let size = (w * scale) as u64;
-        let depth = rng.next() % 5;
-        let mut dir = root.to_path_buf();
-        for _ in 0..depth {
-            let name = names[usize::try_from(rng.next() % 8).unwrap_or(0)];
-            dir.push(format!("{name}{}", rng.next() % 10));
-        }
-        std::fs::create_dir_all(&dir)?;
-        let mut file = std::fs::File::create(dir.join(format!("file {i:06}.dat")))?;
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(1 << 20);
-            let chunk: Vec<u8> = if rng.unit() < 0.5 {
-                text.iter().cycle().take(usize::try_from(n).unwrap_or(0)).copied().collect()
-            } else {
-                (0..n).map(|_| (rng.next() & 0xff) as u8).collect()
-            };
-            file.write_all(&chunk)?;
-            left -= n;
-        }
-        total += size;
-    }
-    Ok((files, total))
 }
 
 /// Rewrites 4 KiB in the middle of `count` files (and moves their mtimes).
@@ -504,15 +370,4 @@ fn peak_rss_mb(pid: u32) -> Result<u64> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     Ok(kb / 1024)
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }

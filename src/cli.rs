@@ -222,6 +222,22 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The TDU: null-target mirror against reading the tree, each compression level's ratio
+    /// and CPU cost, and the mirror forecast against a real files job at a limit.
+    Tdu {
+        /// Measure this tree (default: generate one with ../shared/tools/mktree.py's recipe).
+        #[arg(long)]
+        tree: Option<PathBuf>,
+        /// Files in the generated tree.
+        #[arg(long, default_value_t = 20_000)]
+        files: u64,
+        /// Total size of the generated tree, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        total_mb: u64,
+        /// The real files job's bandwidth limit, in MB/s (10^6 bytes per second).
+        #[arg(long, default_value_t = 20)]
+        limit_mb: u64,
+    },
     /// The event log: durable appends per second, replay speed, checkpoints.
     EventLog {
         /// Events in the long job used for replay figures.
@@ -322,6 +338,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let options =
                 crate::bench_files::FilesBench { files, total_mb, rate, seconds, dir, runs };
             runtime()?.block_on(crate::bench_files::run(options))
+        }
+        Command::Bench { which: BenchCommand::Tdu { tree, files, total_mb, limit_mb } } => {
+            crate::bench_tdu::run(&crate::bench_tdu::TduBench { tree, files, total_mb, limit_mb })
         }
         Command::Bench { which: BenchCommand::EventLog { events, dir } } => {
             crate::bench::event_log(events, dir)

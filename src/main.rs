@@ -6,6 +6,8 @@
 
 mod bench;
 mod bench_files;
+mod bench_support;
+mod bench_tdu;
 mod certs;
 mod cli;
 mod client;

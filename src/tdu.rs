@@ -104,21 +104,22 @@ async fn measure(client: &Client, source: &Path, options: &TduRun) -> Result<Sta
         bar.finish_and_clear();
     }
     // The wire counters come with the next replication record (every 2 s).
-    let wire = settled_counters(client, &mirror_done).await?;
+    let wire = settled_counters(client).await?;
+    let skipped = skipped_files(client).await?;
+    for (path, reason) in &skipped {
+        eprintln!("skipped {path}: {reason}");
+    }
     let mirror = MirrorTotals {
         files: mirror_done["files_mirrored"].as_u64().unwrap_or(0),
         folders: mirror_done["directories_mirrored"].as_u64().unwrap_or(0),
         bytes: mirror_done["bytes_mirrored"].as_u64().unwrap_or(0),
         bytes_compressed: wire.wire,
         seconds: mirror_done["last_mirror_duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        skipped_files: skipped.len() as u64,
     };
     #[allow(clippy::cast_precision_loss)] // ratios of byte counts
     let framing_overhead =
         if mirror.bytes > 0 { wire.raw as f64 / mirror.bytes as f64 } else { 1.0 };
-    let skipped = skipped_files(client).await?;
-    for (path, reason) in &skipped {
-        eprintln!("skipped {path}: {reason}");
-    }
 
     let mut intervals = Vec::new();
     if let Some(watch) = options.watch {
@@ -185,15 +186,30 @@ impl Counters {
     }
 }
 
-/// Waits until the job's wire counters cover the whole mirror (they are recorded every 2 s).
-async fn settled_counters(client: &Client, done: &Value) -> Result<Counters> {
-    let floor = done["bytes_mirrored"].as_u64().unwrap_or(0);
+/// The job's counters once they cover the whole mirror: the first counters recorded after
+/// `MirrorCompleted` (they are recorded every 2 s while anything moves). If none comes within
+/// two periods, nothing moved since the last record, so the counters shown are final.
+async fn settled_counters(client: &Client) -> Result<Counters> {
     let started = Instant::now();
     loop {
-        let doc = client.get("/v1/jobs/tdu").await?;
-        let counters = Counters::from(&doc);
-        if counters.raw >= floor || started.elapsed() > Duration::from_secs(10) {
-            return Ok(counters);
+        let audit = client.get("/v1/jobs/tdu/replay").await?;
+        let mut mirror_ended = false;
+        let mut after: Option<Value> = None;
+        for entry in audit["timeline"].as_array().into_iter().flatten() {
+            let event = &entry["envelope"]["event"];
+            if event.get("MirrorCompleted").is_some() {
+                mirror_ended = true;
+                after = None;
+            } else if mirror_ended && let Some(progress) = event.get("ReplicationProgressed") {
+                after = Some(progress["counters"].clone());
+                break;
+            }
+        }
+        if let Some(counters) = after {
+            return Ok(Counters::from(&counters));
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            return Ok(Counters::from(&client.get("/v1/jobs/tdu").await?));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

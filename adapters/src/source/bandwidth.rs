@@ -66,45 +66,46 @@ impl Limiter {
 
     /// Waits until `bytes` may be sent.
     pub async fn acquire(&self, bytes: u64) {
-        loop {
-            let wait = {
-                let mut bucket =
-                    self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let rate = Self::rate_now(&bucket.limit);
-                match rate {
-                    None => {
-                        self.held.store(false, Ordering::Relaxed);
-                        return;
-                    }
-                    Some(0) => {
-                        // A window holds transmission: look again in a second.
-                        self.held.store(true, Ordering::Relaxed);
-                        bucket.tokens = 0.0;
-                        bucket.refilled = Instant::now();
-                        Duration::from_secs(1)
-                    }
-                    Some(rate) => {
-                        self.held.store(false, Ordering::Relaxed);
-                        #[allow(clippy::cast_precision_loss)] // rates are far below 2^52
-                        let rate = rate as f64;
-                        let now = Instant::now();
-                        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-                        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst(rate));
-                        bucket.refilled = now;
-                        #[allow(clippy::cast_precision_loss)]
-                        let need = bytes as f64;
-                        // A frame larger than the burst goes once the bucket is full, and
-                        // drives it negative: the debt is paid before the next frame.
-                        if bucket.tokens >= need.min(burst(rate)) {
-                            bucket.tokens -= need;
-                            return;
-                        }
-                        let missing = need.min(burst(rate)) - bucket.tokens;
-                        Duration::from_secs_f64(missing / rate)
-                    }
-                }
-            };
+        while let Some(wait) = self.try_take(bytes) {
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Takes `bytes` from the bucket if they may be sent now (`None`), else says how long to
+    /// wait before asking again.
+    pub fn try_take(&self, bytes: u64) -> Option<Duration> {
+        let mut bucket = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match Self::rate_now(&bucket.limit) {
+            None => {
+                self.held.store(false, Ordering::Relaxed);
+                None
+            }
+            Some(0) => {
+                // A window holds transmission: look again in a second.
+                self.held.store(true, Ordering::Relaxed);
+                bucket.tokens = 0.0;
+                bucket.refilled = Instant::now();
+                Some(Duration::from_secs(1))
+            }
+            Some(rate) => {
+                self.held.store(false, Ordering::Relaxed);
+                #[allow(clippy::cast_precision_loss)] // rates are far below 2^52
+                let rate = rate as f64;
+                let now = Instant::now();
+                let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+                bucket.tokens = (bucket.tokens + elapsed * rate).min(burst(rate));
+                bucket.refilled = now;
+                #[allow(clippy::cast_precision_loss)]
+                let need = bytes as f64;
+                // A frame larger than the burst goes once the bucket is full, and drives it
+                // negative: the debt is paid before the next frame.
+                if bucket.tokens >= need.min(burst(rate)) {
+                    bucket.tokens -= need;
+                    return None;
+                }
+                let missing = need.min(burst(rate)) - bucket.tokens;
+                Some(Duration::from_secs_f64(missing / rate))
+            }
         }
     }
 }

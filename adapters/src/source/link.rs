@@ -334,7 +334,17 @@ async fn write_loop<S: AsyncWrite>(
                 break;
             }
         };
-        limiter.acquire(encoded.bytes.len() as u64).await;
+        while let Some(wait) = limiter.try_take(encoded.bytes.len() as u64) {
+            // Held back by the limit: what the buffer holds leaves now, not when the backlog
+            // ends (at a low limit a full buffer is seconds of sending).
+            if !writer.buffer().is_empty()
+                && let Err(error) = tokio::io::AsyncWriteExt::flush(&mut writer).await
+            {
+                close(&closed, format!("the connection broke while sending: {error}"));
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
         if let Err(error) = tokio::io::AsyncWriteExt::write_all(&mut writer, &encoded.bytes).await {
             close(&closed, format!("the connection broke while sending: {error}"));
             break;

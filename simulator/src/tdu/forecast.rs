@@ -630,6 +630,7 @@ mod tests {
                 bytes: 1,
                 bytes_compressed: 1,
                 seconds: 1.0,
+                skipped_files: 0,
             },
             intervals,
         }

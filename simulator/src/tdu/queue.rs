@@ -444,6 +444,7 @@ mod tests {
                 bytes: 0,
                 bytes_compressed: 0,
                 seconds: 0.0,
+                skipped_files: 0,
             },
             intervals,
         };

@@ -50,6 +50,8 @@ pub struct MirrorReport {
     pub read_bytes_per_second: f64,
     /// Wire bytes sent per second.
     pub send_bytes_per_second: f64,
+    /// Files the mirror could not read and skipped (named on stderr while it ran).
+    pub skipped_files: u64,
 }
 
 impl From<&MirrorTotals> for MirrorReport {
@@ -67,6 +69,7 @@ impl From<&MirrorTotals> for MirrorReport {
             seconds: mirror.seconds,
             read_bytes_per_second: per_second(bytes),
             send_bytes_per_second: per_second(wire),
+            skipped_files: mirror.skipped_files,
         }
     }
 }
@@ -186,6 +189,13 @@ pub fn render_text(report: &Report) -> String {
         format_rate(mirror.read_bytes_per_second),
         format_rate(mirror.send_bytes_per_second)
     );
+    if mirror.skipped_files > 0 {
+        let _ = writeln!(
+            out,
+            "  {} files could not be read and were skipped (not in the figures)",
+            format_count(mirror.skipped_files)
+        );
+    }
 
     let scenario = &report.scenario;
     let compression = match scenario.compression_basis {

@@ -15,6 +15,7 @@
 //! # mirror_bytes: 5000000000
 //! # mirror_bytes_compressed: 2600000000
 //! # mirror_seconds: 95.5
+//! # mirror_skipped_files: 0
 //! at_secs,seconds,bytes_read,bytes_compressed,operations,queue_bytes,send_rate_bytes_per_second
 //! 0,10,1048576,550000,42,0,55000
 //! ```
@@ -100,6 +101,8 @@ pub struct MirrorTotals {
     pub bytes_compressed: u64,
     /// Elapsed time of the mirror, in seconds.
     pub seconds: f64,
+    /// Files the mirror could not read and skipped.
+    pub skipped_files: u64,
 }
 
 /// A whole statistics file.
@@ -200,6 +203,7 @@ pub fn write_csv(stats: &Stats, out: &mut impl Write) -> io::Result<()> {
     let _ = writeln!(text, "# mirror_bytes: {}", mirror.bytes);
     let _ = writeln!(text, "# mirror_bytes_compressed: {}", mirror.bytes_compressed);
     let _ = writeln!(text, "# mirror_seconds: {}", mirror.seconds);
+    let _ = writeln!(text, "# mirror_skipped_files: {}", mirror.skipped_files);
     let _ = writeln!(text, "{HEADER}");
     out.write_all(text.as_bytes())?;
     // Rows go out in chunks so a multi-day recording does not sit in memory twice.
@@ -262,7 +266,7 @@ pub fn read_csv(reader: impl BufRead, file_name: &str) -> Result<Stats, StatsErr
 }
 
 /// The metadata keys, in the order they are written.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     FORMAT_KEY,
     "started_at",
     "compression",
@@ -274,6 +278,7 @@ const KEYS: [&str; 11] = [
     "mirror_bytes",
     "mirror_bytes_compressed",
     "mirror_seconds",
+    "mirror_skipped_files",
 ];
 
 /// Metadata read so far; every field is `None` until its line is seen.
@@ -292,6 +297,7 @@ struct Header {
     mirror_bytes: Option<u64>,
     mirror_bytes_compressed: Option<u64>,
     mirror_seconds: Option<f64>,
+    mirror_skipped_files: Option<u64>,
 }
 
 struct Parser<'a> {
@@ -409,6 +415,7 @@ impl<'a> Parser<'a> {
             "mirror_bytes" => header.mirror_bytes.is_some(),
             "mirror_bytes_compressed" => header.mirror_bytes_compressed.is_some(),
             "mirror_seconds" => header.mirror_seconds.is_some(),
+            "mirror_skipped_files" => header.mirror_skipped_files.is_some(),
             FORMAT_KEY => true,
             "bandwidth_window" => false,
             _ => {
@@ -499,6 +506,9 @@ impl<'a> Parser<'a> {
             "mirror_seconds" => {
                 self.header.mirror_seconds = Some(self.number(number, key, value)?);
             }
+            "mirror_skipped_files" => {
+                self.header.mirror_skipped_files = Some(self.count(number, key, value)?);
+            }
             _ => {} // the match above refused every other key
         }
         Ok(())
@@ -530,6 +540,8 @@ impl<'a> Parser<'a> {
                     .mirror_bytes_compressed
                     .ok_or_else(|| missing("mirror_bytes_compressed"))?,
                 seconds: header.mirror_seconds.ok_or_else(|| missing("mirror_seconds"))?,
+                // Optional: files written before it was recorded read as nothing skipped.
+                skipped_files: header.mirror_skipped_files.unwrap_or(0),
             },
         })
     }
@@ -717,6 +729,7 @@ mod tests {
                 bytes: 5_000_000_000,
                 bytes_compressed: 2_600_000_123,
                 seconds: 95.5,
+                skipped_files: 2,
             },
             intervals: vec![
                 Interval {

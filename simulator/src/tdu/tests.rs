@@ -39,6 +39,7 @@ fn recorded() -> Stats {
             bytes: 10_000 * MB,
             bytes_compressed: 5_000 * MB,
             seconds: 100.0,
+            skipped_files: 0,
         },
         intervals,
     }
