@@ -772,7 +772,6 @@ fn wire_bytes_cover_the_whole_mirror() {
 }
 
 #[test]
-#[ignore = "bug: mirroring a tree of many folders overflows the inotify queue with the mirror's own IN_OPEN events, and the overflow rescan (adapters/src/source/capture.rs rescan) re-sends every file the mirror has not reached yet"]
 fn a_mirror_of_many_folders_sends_each_file_once() {
     let dir = support::tempdir("tdu-overflow");
     let (source, data) = (dir.path().join("source"), dir.path().join("data"));

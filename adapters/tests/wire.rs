@@ -1,10 +1,11 @@
 // Goal: show that the wire protocol round-trips every message, cannot be made to panic or to
 // allocate from a hostile length, decodes a valid stream the same however it is split, and
-// that the handshake refuses wrong versions and wrong secrets clearly on both sides. Method:
-// encode every variant and decode it back (plain and zstd); property tests feed arbitrary
-// bytes and arbitrary splits of valid streams to `FrameDecoder`; hand-made frames probe the
-// limits (oversized prefix, lying or nested compression, trailing bytes); the async helpers
-// and the handshake run over in-memory tokio duplex pipes.
+// that the handshake refuses wrong versions, wrong secrets, replayed proofs and messages out
+// of order clearly on both sides. Method: encode every variant and decode it back (plain and
+// zstd); property tests feed arbitrary bytes and arbitrary splits of valid streams to
+// `FrameDecoder`; hand-made frames probe the limits (oversized prefix, lying or nested
+// compression, trailing bytes); the async helpers and the handshake (a scripted peer for
+// replays and reordering) run over in-memory tokio duplex pipes.
 
 #![allow(clippy::unwrap_used)] // test helpers should panic on anything unexpected
 
@@ -453,4 +454,98 @@ async fn version_mismatch_is_refused_clearly_on_both_sides() {
     fake.await.unwrap();
     assert_eq!(err.to_string(), expected);
     assert_eq!(err.retry(), understudy_core::Retry::Permanent);
+}
+
+/// Plays the connecting side by hand against a fresh accepting engine with the secret "k":
+/// sends `Hello` as engine "src", then `messages`, and returns the server's `Challenge`
+/// nonce, what the server said after, and the server's result.
+async fn scripted_peer(
+    messages: impl FnOnce(&[u8]) -> Vec<Message>,
+) -> (Vec<u8>, Vec<Message>, Result<understudy_adapters::wire::Peer, WireError>) {
+    let (mut a, mut b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move {
+        accept_handshake(&mut b, &cfg("tgt", Role::Target, Some("k"))).await
+    });
+    let hello = Message::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        engine_id: "src".into(),
+        role: Role::Source,
+    };
+    write_message(&mut a, &hello, Compression::None).await.unwrap();
+    let Message::Challenge { nonce } = read_message(&mut a).await.unwrap() else {
+        panic!("a server with a secret challenges first")
+    };
+    for message in messages(&nonce) {
+        if write_message(&mut a, &message, Compression::None).await.is_err() {
+            break; // the server hung up
+        }
+    }
+    let result = server.await.unwrap();
+    let mut said = Vec::new();
+    while let Ok(message) = read_message(&mut a).await {
+        said.push(message);
+    }
+    (nonce, said, result)
+}
+
+#[tokio::test]
+async fn a_replayed_proof_is_refused() {
+    use understudy_adapters::wire::auth::proof;
+    let k = Secret::new("k");
+    // A genuine session, as an eavesdropper would record it.
+    let mut recorded = Vec::new();
+    let (first_nonce, said, result) = scripted_peer(|nonce| {
+        recorded = proof(&k, nonce, Role::Source, "src");
+        vec![Message::Proof { hmac: recorded.clone() }, Message::Challenge { nonce: vec![7; 32] }]
+    })
+    .await;
+    assert!(result.unwrap().authenticated);
+    assert!(matches!(said.last(), Some(Message::Welcome { .. })), "{said:?}");
+
+    // The same bytes on a new connection: the server's nonce is fresh, so the proof is stale.
+    let (second_nonce, said, result) =
+        scripted_peer(|_| vec![Message::Proof { hmac: recorded.clone() }]).await;
+    assert_ne!(first_nonce, second_nonce, "every connection gets its own challenge");
+    assert!(matches!(result, Err(WireError::AuthFailed { .. })), "{result:?}");
+    assert!(
+        matches!(&said[..], [Message::Refused { reason, .. }] if reason.contains("authentication failed")),
+        "the replaying peer is told, and gets nothing else: {said:?}"
+    );
+}
+
+#[tokio::test]
+async fn handshake_messages_out_of_order_are_refused() {
+    use understudy_adapters::wire::auth::proof;
+    let k = Secret::new("k");
+    // Its own challenge before its proof.
+    let (_, said, result) = scripted_peer(|nonce| {
+        vec![
+            Message::Challenge { nonce: vec![7; 32] },
+            Message::Proof { hmac: proof(&k, nonce, Role::Source, "src") },
+        ]
+    })
+    .await;
+    assert!(
+        matches!(result, Err(WireError::Unexpected { expected: "Proof", got: "Challenge" })),
+        "{result:?}"
+    );
+    assert!(!said.iter().any(|m| matches!(m, Message::Welcome { .. } | Message::Proof { .. })));
+
+    // Operations before the handshake is over.
+    let (_, said, result) = scripted_peer(|_| {
+        vec![Message::Ack { seq: 1 }, Message::Ops { first_seq: 1, ops: vec![] }]
+    })
+    .await;
+    assert!(matches!(result, Err(WireError::Unexpected { expected: "Proof", .. })), "{result:?}");
+    assert!(!said.iter().any(|m| matches!(m, Message::Welcome { .. })));
+
+    // A proof with no Hello first.
+    let (mut a, mut b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move {
+        accept_handshake(&mut b, &cfg("tgt", Role::Target, Some("k"))).await
+    });
+    write_message(&mut a, &Message::Proof { hmac: vec![0; 32] }, Compression::None).await.unwrap();
+    let result = server.await.unwrap();
+    assert!(matches!(result, Err(WireError::Unexpected { expected: "Hello", .. })), "{result:?}");
+    assert!(matches!(read_message(&mut a).await, Ok(Message::Refused { .. })));
 }

@@ -1,7 +1,7 @@
 //! Change capture: watch the source tree and queue every change, reading the changed file
 //! when the change is seen and sending only the blocks that differ from what the target holds.
 //!
-//! The watch (inotify through `notify`, one watch per folder) is a hint, never the source of
+//! The watch ([`super::treewatch`]: inotify, one watch per folder) is a hint, never the source of
 //! truth: each notification marks a path dirty, and the path is then looked at as it is now.
 //! Bursts on one file coalesce within a few milliseconds. A move inside the tree becomes one
 //! `Rename` (a folder moves with its whole subtree); a move out of it is a removal, into it a
@@ -9,17 +9,14 @@
 //! (attributes only: local and cheap), not remirrored.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use notify::event::{ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-
 use super::files::{SendError, send_file, shadow_target};
 use super::pipe::{Pipe, Producer, Shadow};
+use super::treewatch::{Change, TreeWatch};
 use crate::fsops::{EntryKind, Meta, Operation, RelPath, scan};
 
 /// How long a burst of notifications is gathered before it is acted on.
@@ -36,7 +33,6 @@ pub enum CaptureEvent {
 
 /// A running capture; dropping it stops the watch and the worker.
 pub struct Capture {
-    _watcher: RecommendedWatcher,
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
 }
@@ -66,81 +62,54 @@ pub fn start(
     pipe: Arc<Pipe>,
     tell: Arc<dyn Fn(CaptureEvent) + Send + Sync>,
 ) -> Result<Capture, String> {
-    let (tx, rx) = mpsc::channel::<notify::Result<Event>>();
-    let mut watcher = notify::recommended_watcher(move |event| {
-        let _ = tx.send(event);
-    })
-    .map_err(|e| watch_error(&pipe.root, &e))?;
-    watcher.watch(&pipe.root, RecursiveMode::Recursive).map_err(|e| watch_error(&pipe.root, &e))?;
+    let excluded_by = Arc::clone(&pipe);
+    let watch =
+        TreeWatch::new(&pipe.root, Box::new(move |path: &RelPath| excluded_by.excluded(path)))?;
+    tracing::debug!(job = %pipe.job, folders = watch.folders(), "watching the source");
     let stop = Arc::new(AtomicBool::new(false));
     let worker_stop = Arc::clone(&stop);
     let worker = std::thread::Builder::new()
         .name(format!("capture-{}", pipe.job.short()))
         .spawn(move || {
-            Worker { pipe, tell, pending_from: BTreeMap::new(), told_exhausted: false }
-                .run(&rx, &worker_stop)
+            Worker { pipe, tell, watch, pending_from: BTreeMap::new(), told_exhausted: false }
+                .run(&worker_stop)
         })
         .map_err(|e| format!("cannot start the change capture thread: {e}"))?;
-    Ok(Capture { _watcher: watcher, stop, worker: Some(worker) })
-}
-
-fn watch_error(root: &Path, error: &notify::Error) -> String {
-    let text = error.to_string();
-    if text.contains("No space left")
-        || text.contains("MaxFilesWatch")
-        || text.contains("max_user_watches")
-    {
-        format!(
-            "cannot watch {}: the kernel's inotify watch limit is reached (one watch per folder); raise fs.inotify.max_user_watches (sysctl) and start the job again",
-            root.display()
-        )
-    } else {
-        format!("cannot watch {} for changes: {text}", root.display())
-    }
+    Ok(Capture { stop, worker: Some(worker) })
 }
 
 struct Worker {
     pipe: Arc<Pipe>,
     tell: Arc<dyn Fn(CaptureEvent) + Send + Sync>,
-    /// Moves out of a place, waiting (one round) for their other half.
-    pending_from: BTreeMap<RelPath, u8>,
+    watch: TreeWatch,
+    /// Moves out of a place, waiting (two rounds) for their other half: rounds and cookie.
+    pending_from: BTreeMap<RelPath, (u8, u32)>,
     told_exhausted: bool,
 }
 
 impl Worker {
-    fn run(mut self, rx: &mpsc::Receiver<notify::Result<Event>>, stop: &AtomicBool) {
+    fn run(mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
-            let first = match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(event) => event,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if !self.pending_from.is_empty() {
-                        self.handle(Vec::new());
-                    }
-                    continue;
+            if !self.watch.wait(Duration::from_millis(100)) {
+                if !self.pending_from.is_empty() {
+                    self.handle(Vec::new());
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch = vec![first];
+                continue;
+            }
+            let mut batch = Vec::new();
+            self.watch.read(&mut batch);
             let deadline = Instant::now() + COALESCE;
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                match rx.recv_timeout(left) {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
+                if !self.watch.wait(left) {
+                    break;
                 }
+                self.watch.read(&mut batch);
             }
             self.handle(batch);
         }
     }
 
-    fn relative(&self, path: &Path) -> Option<RelPath> {
-        let rel = path.strip_prefix(&self.pipe.root).ok()?;
-        if rel.as_os_str().is_empty() {
-            return Some(RelPath::root());
-        }
-        RelPath::from_path(rel).ok().filter(|p| !self.pipe.excluded(p))
-    }
-
-    fn handle(&mut self, batch: Vec<notify::Result<Event>>) {
+    fn handle(&mut self, batch: Vec<Change>) {
         if self.pipe.exhausted() {
             // Waiting for the auto-disconnect; the remirror after it catches up.
             return;
@@ -148,50 +117,47 @@ impl Worker {
         self.told_exhausted = false;
         let mut dirty: BTreeSet<RelPath> = BTreeSet::new();
         let mut renames: Vec<(RelPath, RelPath)> = Vec::new();
-        let mut rescan = false;
-        for event in batch {
-            let event = match event {
-                Ok(event) => event,
-                Err(error) => {
-                    (self.tell)(CaptureEvent::Trouble(format!(
-                        "change notification failed: {error}; rescanning"
-                    )));
-                    rescan = true;
-                    continue;
-                }
-            };
-            if event.need_rescan() {
-                rescan = true;
-                continue;
-            }
-            let paths: Vec<Option<RelPath>> =
-                event.paths.iter().map(|p| self.relative(p)).collect();
-            match event.kind {
-                EventKind::Access(_) => {}
-                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-                    match (paths.first(), paths.get(1)) {
-                        (Some(Some(from)), Some(Some(to))) => {
-                            self.pending_from.remove(from);
-                            renames.push((from.clone(), to.clone()));
-                        }
-                        // Into or out of the excluded part: a creation or a removal.
-                        (Some(from), Some(to)) => {
-                            dirty.extend(from.iter().chain(to.iter()).cloned())
-                        }
-                        _ => {}
+        let mut lost: Option<String> = None;
+        for change in batch {
+            match change {
+                Change::Lost(why) => lost = Some(why),
+                Change::Touched(path) => {
+                    if !self.pipe.excluded(&path) {
+                        dirty.insert(path);
                     }
                 }
-                EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
-                    for path in paths.into_iter().flatten() {
-                        self.pending_from.insert(path, 0);
+                Change::MovedFrom(path, cookie) => {
+                    if !self.pipe.excluded(&path) {
+                        self.pending_from.insert(path, (0, cookie));
                     }
                 }
-                _ => dirty.extend(paths.into_iter().flatten()),
+                Change::MovedTo(to, cookie) => {
+                    let from = self
+                        .pending_from
+                        .iter()
+                        .find(|(_, (_, c))| *c == cookie)
+                        .map(|(from, _)| from.clone());
+                    if let Some(from) = &from {
+                        self.pending_from.remove(from);
+                    }
+                    match (from, self.pipe.excluded(&to)) {
+                        (Some(from), false) => renames.push((from, to)),
+                        // Into the excluded part: a removal.
+                        (Some(from), true) => {
+                            dirty.insert(from);
+                        }
+                        // From outside the tree or its excluded part: a creation.
+                        (None, false) => {
+                            dirty.insert(to);
+                        }
+                        (None, true) => {}
+                    }
+                }
             }
         }
         // A move out whose other half did not come within a round is a removal.
         let mut expired = Vec::new();
-        for (path, rounds) in &mut self.pending_from {
+        for (path, (rounds, _)) in &mut self.pending_from {
             *rounds += 1;
             if *rounds > 2 {
                 expired.push(path.clone());
@@ -199,13 +165,14 @@ impl Worker {
         }
         for path in expired {
             self.pending_from.remove(&path);
+            // Moved out of the tree: its folders' watches would report under the old name.
+            self.watch.forget(&path);
             dirty.insert(path);
         }
-        if rescan {
-            (self.tell)(CaptureEvent::Trouble(
-                "the kernel's change queue overflowed: rescanning the source against what was sent"
-                    .into(),
-            ));
+        if let Some(why) = lost {
+            (self.tell)(CaptureEvent::Trouble(format!(
+                "{why}: rescanning the source against what was sent"
+            )));
             dirty.extend(self.rescan());
         }
         let result = self.apply(renames, dirty);

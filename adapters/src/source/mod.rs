@@ -18,6 +18,7 @@ pub mod files;
 pub mod link;
 pub mod mirror;
 pub mod pipe;
+pub mod treewatch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

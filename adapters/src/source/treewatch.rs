@@ -1,0 +1,299 @@
+//! The inotify watch behind change capture: one watch per folder of the source tree, kept in
+//! step as folders come, go and move.
+//!
+//! Only events that change something are asked for: no `IN_OPEN`, no `IN_ACCESS`. A mirror
+//! reading every file, or this watch's own walk opening every folder, would otherwise fill the
+//! kernel's queue (16,384 events by default) and overflow it on any tree of more than a few
+//! thousand folders, and an overflow costs a rescan. This is why capture does not use the
+//! `notify` crate, whose inotify backend always asks for `IN_OPEN`.
+//!
+//! The descriptor is non-blocking and waited on with `poll`, so the capture thread can be
+//! stopped without a wake-up descriptor.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::io::Errno;
+
+use crate::fsops::RelPath;
+
+/// What one inotify event says, as a path inside the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Something at this path was created, written, closed after writing, changed its
+    /// attributes, or was removed.
+    Touched(RelPath),
+    /// Moved away from this path; a `MovedTo` with the same cookie is the other half.
+    MovedFrom(RelPath, u32),
+    /// Moved to this path; a `MovedFrom` with the same cookie is the other half.
+    MovedTo(RelPath, u32),
+    /// Changes were lost (the kernel's queue overflowed, or reading failed): rescan.
+    Lost(String),
+}
+
+/// The events asked for on every folder.
+fn mask() -> WatchFlags {
+    WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::MODIFY
+        | WatchFlags::ATTRIB
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+        | WatchFlags::DONT_FOLLOW
+        | WatchFlags::ONLYDIR
+        | WatchFlags::EXCL_UNLINK
+}
+
+/// A recursive watch of a folder tree.
+pub struct TreeWatch {
+    fd: OwnedFd,
+    root: PathBuf,
+    /// Watch descriptor → the folder it watches.
+    folders: HashMap<i32, RelPath>,
+    excluded: Box<dyn Fn(&RelPath) -> bool + Send>,
+    buffer: Vec<MaybeUninit<u8>>,
+}
+
+impl std::fmt::Debug for TreeWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeWatch")
+            .field("root", &self.root)
+            .field("folders", &self.folders.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TreeWatch {
+    /// Watches every folder under `root` that `excluded` does not exclude. The watch is in
+    /// place when this returns.
+    ///
+    /// # Errors
+    ///
+    /// inotify is unavailable, or the watch limit is reached (the message says what to do).
+    pub fn new(
+        root: &Path,
+        excluded: Box<dyn Fn(&RelPath) -> bool + Send>,
+    ) -> Result<TreeWatch, String> {
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
+            .map_err(|e| format!("cannot watch {} for changes: {e}", root.display()))?;
+        let mut watch = TreeWatch {
+            fd,
+            root: root.to_path_buf(),
+            folders: HashMap::new(),
+            excluded,
+            buffer: vec![MaybeUninit::uninit(); 64 * 1024],
+        };
+        watch.add_tree(&RelPath::root())?;
+        Ok(watch)
+    }
+
+    /// How many folders are watched.
+    pub fn folders(&self) -> usize {
+        self.folders.len()
+    }
+
+    /// Watches `top` and every folder under it. Adding a watch to a folder already watched
+    /// (a folder moved inside the tree) keeps its descriptor and records its new path.
+    fn add_tree(&mut self, top: &RelPath) -> Result<(), String> {
+        let mut stack = vec![top.clone()];
+        while let Some(folder) = stack.pop() {
+            if !folder.is_root() && (self.excluded)(&folder) {
+                continue;
+            }
+            let local = folder.to_local(&self.root);
+            match inotify::add_watch(&self.fd, &local, mask()) {
+                Ok(wd) => {
+                    self.folders.insert(wd, folder.clone());
+                }
+                Err(Errno::NOSPC) => {
+                    return Err(format!(
+                        "cannot watch {}: the kernel's inotify watch limit is reached (one watch per folder, {} so far); raise fs.inotify.max_user_watches (sysctl) and start the job again",
+                        self.root.display(),
+                        self.folders.len()
+                    ));
+                }
+                // Gone, replaced by a file, or unreadable since it was listed: a later event
+                // or the mirror sees it as it is.
+                Err(_) => continue,
+            }
+            // Listed after its watch is in place, so a folder created meanwhile is either
+            // listed here or announced by an event.
+            let Ok(entries) = std::fs::read_dir(&local) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name =
+                        std::os::unix::ffi::OsStrExt::as_bytes(entry.file_name().as_os_str())
+                            .to_vec();
+                    if let Ok(child) = folder.join(&name) {
+                        stack.push(child);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops watching `top` and every folder under it (moved out of the tree).
+    pub fn forget(&mut self, top: &RelPath) {
+        let gone: Vec<i32> = self
+            .folders
+            .iter()
+            .filter(|(_, folder)| folder.starts_with(top))
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in gone {
+            // The kernel answers with IN_IGNORED, which removes nothing more.
+            let _ = inotify::remove_watch(&self.fd, wd);
+            self.folders.remove(&wd);
+        }
+    }
+
+    /// Waits up to `timeout` for events; whether there are some.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        let timeout = Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(ready) => ready > 0,
+            // Interrupted: the caller waits again.
+            Err(_) => false,
+        }
+    }
+
+    /// Reads every event waiting, appending what they say to `out`.
+    pub fn read(&mut self, out: &mut Vec<Change>) {
+        let mut raw: Vec<(i32, ReadFlags, u32, Option<Vec<u8>>)> = Vec::new();
+        {
+            let mut reader = inotify::Reader::new(&self.fd, &mut self.buffer);
+            loop {
+                match reader.next() {
+                    Ok(event) => raw.push((
+                        event.wd(),
+                        event.events(),
+                        event.cookie(),
+                        event.file_name().map(|name| name.to_bytes().to_vec()),
+                    )),
+                    Err(Errno::AGAIN | Errno::INTR) => break,
+                    Err(error) => {
+                        out.push(Change::Lost(format!(
+                            "reading change notifications failed: {error}"
+                        )));
+                        break;
+                    }
+                }
+            }
+        }
+        for (wd, flags, cookie, name) in raw {
+            if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
+                out.push(Change::Lost("the kernel's change queue overflowed".into()));
+                continue;
+            }
+            if flags.contains(ReadFlags::IGNORED) {
+                self.folders.remove(&wd);
+                continue;
+            }
+            let Some(folder) = self.folders.get(&wd) else { continue };
+            let path = match &name {
+                Some(name) => match folder.join(name) {
+                    Ok(path) => path,
+                    Err(_) => continue,
+                },
+                None => folder.clone(),
+            };
+            if flags.contains(ReadFlags::ISDIR)
+                && flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO)
+                && let Err(message) = self.add_tree(&path)
+            {
+                out.push(Change::Lost(message));
+            }
+            out.push(if flags.contains(ReadFlags::MOVED_FROM) {
+                Change::MovedFrom(path, cookie)
+            } else if flags.contains(ReadFlags::MOVED_TO) {
+                Change::MovedTo(path, cookie)
+            } else {
+                Change::Touched(path)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn changes(watch: &mut TreeWatch) -> Vec<Change> {
+        let mut out = Vec::new();
+        while watch.wait(Duration::from_millis(50)) {
+            watch.read(&mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn reading_the_tree_makes_no_events_and_changes_do() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        for i in 0..50 {
+            std::fs::create_dir_all(root.join(format!("d{i}/e"))).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(root.join(format!("d{i}/e/f")), b"x").unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::create_dir_all(root.join("skip/inner")).unwrap_or_else(|e| panic!("{e}"));
+        let skip = p("skip");
+        let mut watch =
+            TreeWatch::new(root, Box::new(move |path: &RelPath| path.starts_with(&skip)))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(watch.folders(), 101, "the root and 100 folders, not the excluded ones");
+
+        // Reading every file and listing every folder: nothing to report.
+        for i in 0..50 {
+            let _ = std::fs::read(root.join(format!("d{i}/e/f")));
+            let _ = std::fs::read_dir(root.join(format!("d{i}")));
+        }
+        assert_eq!(changes(&mut watch), vec![]);
+
+        std::fs::write(root.join("d1/e/f"), b"changed").unwrap_or_else(|e| panic!("{e}"));
+        let seen = changes(&mut watch);
+        assert!(seen.contains(&Change::Touched(p("d1/e/f"))), "{seen:?}");
+
+        // A folder moved inside the tree keeps its watch under its new name.
+        std::fs::rename(root.join("d2"), root.join("moved")).unwrap_or_else(|e| panic!("{e}"));
+        let seen = changes(&mut watch);
+        assert!(
+            matches!(&seen[..], [Change::MovedFrom(f, a), Change::MovedTo(t, b)]
+                if *f == p("d2") && *t == p("moved") && a == b),
+            "{seen:?}"
+        );
+        std::fs::write(root.join("moved/e/new"), b"n").unwrap_or_else(|e| panic!("{e}"));
+        let seen = changes(&mut watch);
+        assert!(seen.contains(&Change::Touched(p("moved/e/new"))), "{seen:?}");
+
+        // A new folder is watched at once, with what it holds.
+        std::fs::create_dir_all(root.join("fresh/a/b")).unwrap_or_else(|e| panic!("{e}"));
+        let _ = changes(&mut watch);
+        std::fs::write(root.join("fresh/a/b/g"), b"g").unwrap_or_else(|e| panic!("{e}"));
+        let seen = changes(&mut watch);
+        assert!(seen.contains(&Change::Touched(p("fresh/a/b/g"))), "{seen:?}");
+
+        // Nothing from the excluded part; forgotten folders go quiet.
+        std::fs::write(root.join("skip/inner/h"), b"h").unwrap_or_else(|e| panic!("{e}"));
+        watch.forget(&p("d3"));
+        std::fs::write(root.join("d3/e/f"), b"quiet").unwrap_or_else(|e| panic!("{e}"));
+        let seen = changes(&mut watch);
+        assert!(
+            seen.iter().all(|c| !matches!(c, Change::Touched(path) if path.starts_with(&p("skip")) || path.starts_with(&p("d3/e")))),
+            "{seen:?}"
+        );
+    }
+}
