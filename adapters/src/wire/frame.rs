@@ -59,45 +59,50 @@ pub fn encode_frame(
     message: &Message,
     compression: Compression,
 ) -> Result<EncodedFrame, WireError> {
-    let raw = encode_payload(message)?;
-    let raw_len = raw.len();
-    let payload = match compression {
-        Compression::Zstd { level }
-            if raw_len >= MIN_COMPRESS_BYTES && !matches!(message, Message::Compressed { .. }) =>
-        {
-            let bytes = zstd::bulk::compress(&raw, level).map_err(|e| WireError::Compression {
-                reason: format!("zstd level {level}: {e}"),
-            })?;
-            if bytes.len() + 16 < raw_len {
-                let raw_len = u32::try_from(raw_len)
-                    .expect("checked against MAX_FRAME_BYTES by encode_payload");
-                encode_payload(&Message::Compressed { codec: Codec::Zstd, raw_len, bytes })?
-            } else {
-                raw
-            }
+    // The payload is written after room for its length prefix, so the frame is built in one
+    // buffer: file data is copied into it once, not again to prepend the prefix.
+    let mut frame = encode_prefixed(message)?;
+    let raw_len = frame.len() - LENGTH_PREFIX_BYTES;
+    if let Compression::Zstd { level } = compression
+        && raw_len >= MIN_COMPRESS_BYTES
+        && !matches!(message, Message::Compressed { .. })
+    {
+        let bytes = zstd::bulk::compress(&frame[LENGTH_PREFIX_BYTES..], level)
+            .map_err(|e| WireError::Compression { reason: format!("zstd level {level}: {e}") })?;
+        if bytes.len() + 16 < raw_len {
+            let raw_len =
+                u32::try_from(raw_len).expect("checked against MAX_FRAME_BYTES by encode_prefixed");
+            frame = encode_prefixed(&Message::Compressed { codec: Codec::Zstd, raw_len, bytes })?;
         }
-        _ => raw,
-    };
-    let len =
-        u32::try_from(payload.len()).expect("checked against MAX_FRAME_BYTES by encode_payload");
-    let mut bytes = Vec::with_capacity(LENGTH_PREFIX_BYTES + payload.len());
-    bytes.extend_from_slice(&len.to_be_bytes());
-    bytes.extend_from_slice(&payload);
-    Ok(EncodedFrame { bytes, raw_len })
+    }
+    let len = u32::try_from(frame.len() - LENGTH_PREFIX_BYTES)
+        .expect("checked against MAX_FRAME_BYTES by encode_prefixed");
+    frame[..LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
+    Ok(EncodedFrame { bytes: frame, raw_len })
 }
 
-/// Encodes a message's payload (no length prefix), checking the frame limit.
-fn encode_payload(message: &Message) -> Result<Vec<u8>, WireError> {
-    let payload = rmp_serde::to_vec_named(message)
+/// Encodes a message's payload after [`LENGTH_PREFIX_BYTES`] bytes of room for its length
+/// prefix, checking the frame limit.
+fn encode_prefixed(message: &Message) -> Result<Vec<u8>, WireError> {
+    // Sized for the payload up front: growing a buffer of file data copies it again.
+    let hint = match message {
+        Message::Ops { ops, .. } => ops.iter().map(|op| op.0.len() + 8).sum::<usize>() + 64,
+        Message::Compressed { bytes, .. } => bytes.len() + 32,
+        _ => 256,
+    };
+    let mut frame = Vec::with_capacity(LENGTH_PREFIX_BYTES + hint);
+    frame.extend_from_slice(&[0; LENGTH_PREFIX_BYTES]);
+    rmp_serde::encode::write_named(&mut frame, message)
         .map_err(|e| WireError::Encode { kind: message.kind(), reason: e.to_string() })?;
-    if payload.len() > MAX_FRAME_BYTES as usize {
+    let len = frame.len() - LENGTH_PREFIX_BYTES;
+    if len > MAX_FRAME_BYTES as usize {
         return Err(WireError::MessageTooLarge {
             kind: message.kind(),
-            len: payload.len() as u64,
+            len: len as u64,
             max: u64::from(MAX_FRAME_BYTES),
         });
     }
-    Ok(payload)
+    Ok(frame)
 }
 
 /// Decodes one frame's payload (without its length prefix) into a message, unwrapping

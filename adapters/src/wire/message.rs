@@ -21,9 +21,15 @@ impl EncodedOp {
     ///
     /// The operation cannot be encoded (it always can: its types are plain data).
     pub fn encode(op: &Operation) -> Result<EncodedOp, WireError> {
-        rmp_serde::to_vec_named(op)
-            .map(EncodedOp)
-            .map_err(|e| WireError::Encode { kind: "Operation", reason: e.to_string() })
+        // Sized up front: growing a buffer of file data would copy it again.
+        let data = match op {
+            Operation::Write { data, .. } => data.len(),
+            _ => 0,
+        };
+        let mut bytes = Vec::with_capacity(data + 128);
+        rmp_serde::encode::write_named(&mut bytes, op)
+            .map_err(|e| WireError::Encode { kind: "Operation", reason: e.to_string() })?;
+        Ok(EncodedOp(bytes))
     }
 
     /// Decodes the operation.
