@@ -226,7 +226,8 @@ pub struct CreateArgs {
     /// The comparison verifications use.
     #[arg(long)]
     verify_comparison: Option<Comparison>,
-    /// Compression: none, minimum, medium, maximum.
+    /// Compression: none, minimum, medium, maximum. Like bandwidth, it is shared by every job
+    /// from this engine to the same target address: the job that connects last sets it.
     #[arg(long)]
     compression: Option<Compression>,
     #[command(flatten)]

@@ -74,8 +74,9 @@ pub struct Link {
 /// How a link sends.
 #[derive(Clone, Debug)]
 pub struct LinkOptions {
-    /// Compression of operation batches.
-    pub compression: Compression,
+    /// Compression of operation batches, shared by the jobs to this target and read for
+    /// every batch, so a change reaches connections already open.
+    pub compression: Arc<Mutex<Compression>>,
     /// The limiter shared by the jobs to this target.
     pub limiter: Arc<Limiter>,
     /// Where bytes sent are counted.
@@ -325,8 +326,11 @@ async fn write_loop<S: AsyncWrite>(
         };
         let Some(message) = message else { break };
         let is_close = matches!(message, Message::Close { .. });
-        let frame_compression =
-            if matches!(message, Message::Ops { .. }) { compression } else { Compression::None };
+        let frame_compression = if matches!(message, Message::Ops { .. }) {
+            *compression.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        } else {
+            Compression::None
+        };
         let encoded = match crate::wire::encode_frame(&message, frame_compression) {
             Ok(encoded) => encoded,
             Err(error) => {

@@ -87,6 +87,7 @@ pub struct SourceContext {
     /// Connection ids up to here are reserved on disk, so a restart never reuses one.
     connections_reserved: Mutex<u64>,
     limiters: Mutex<BTreeMap<String, Arc<Limiter>>>,
+    compressions: Mutex<BTreeMap<String, Arc<Mutex<Compression>>>>,
 }
 
 /// The file (in the queue folder) where connection ids are reserved.
@@ -127,6 +128,7 @@ impl SourceContext {
             connections: AtomicU64::new(reserved),
             connections_reserved: Mutex::new(reserved),
             limiters: Mutex::new(BTreeMap::new()),
+            compressions: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -164,6 +166,17 @@ impl SourceContext {
             .or_insert_with(|| Arc::new(Limiter::new(limit.clone())));
         limiter.set(limit.clone());
         Arc::clone(limiter)
+    }
+
+    /// The compression of the jobs to `address`, set to `level` (the seeds share it per
+    /// source → target, as bandwidth: the job that connected or changed it last sets it).
+    fn compression(&self, address: &str, level: Compression) -> Arc<Mutex<Compression>> {
+        let mut shared =
+            self.compressions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let compression =
+            shared.entry(address.to_string()).or_insert_with(|| Arc::new(Mutex::new(level)));
+        *compression.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = level;
+        Arc::clone(compression)
     }
 }
 
@@ -452,7 +465,7 @@ impl SourceJob {
         let null = self.spec.target.endpoint == TargetEndpoint::Null;
         let link_tx = self.link.clone();
         let options = LinkOptions {
-            compression: zstd_level(self.spec.compression),
+            compression: ctx.compression(&target.address, zstd_level(self.spec.compression)),
             limiter: ctx.limiter(&target.address, &self.spec.bandwidth),
             stats: Arc::clone(&pipe.stats),
             encrypted: false,
@@ -963,5 +976,45 @@ impl Window {
             Inbound::Pause => pipe.paused.store(true, Ordering::SeqCst),
             Inbound::Resume => pipe.paused.store(false, Ordering::SeqCst),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_to_one_target_share_bandwidth_and_compression() {
+        let scratch = std::env::temp_dir().join(format!("understudy-ctx-{}", std::process::id()));
+        let (completions, _) = mpsc::unbounded_channel();
+        let ctx = SourceContext::new(
+            "engine".into(),
+            None,
+            None,
+            "127.0.0.1:6320".into(),
+            scratch.join("queue"),
+            scratch.join("logs"),
+            completions,
+        );
+        let none = ctx.compression("target-a:6320", Compression::None);
+        let medium = Compression::Zstd { level: 3 };
+        let other = ctx.compression("target-b:6320", medium);
+        // A second job to target-a connects with another level: both of target-a's use it.
+        let _ = ctx.compression("target-a:6320", Compression::Zstd { level: 19 });
+        assert_eq!(
+            *none.lock().unwrap_or_else(|e| e.into_inner()),
+            Compression::Zstd { level: 19 }
+        );
+        assert_eq!(*other.lock().unwrap_or_else(|e| e.into_inner()), medium);
+
+        let fixed = BandwidthLimit::Fixed { bytes_per_second: 10_000 };
+        let first = ctx.limiter("target-a:6320", &BandwidthLimit::Unlimited);
+        let _ = ctx.limiter("target-a:6320", &fixed);
+        assert_eq!(first.limit(), fixed);
+        assert_eq!(
+            ctx.limiter("target-b:6320", &BandwidthLimit::Unlimited).limit(),
+            BandwidthLimit::Unlimited
+        );
+        std::fs::remove_dir_all(&scratch).ok();
     }
 }
