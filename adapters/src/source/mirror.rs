@@ -2,9 +2,11 @@
 //! and send what differs (mirror), report it (verification), or remove what the source does
 //! not have (orphans).
 //!
-//! The walk is collected first (a few hundred bytes per entry) and grouped by folder; each
-//! folder's target listing is asked for ahead of time, a few folders at once, so a long round
-//! trip costs little. Comparison by the job's mirror option:
+//! The walk goes one folder at a time, depth first in the scan's order, holding only the
+//! folders still to visit (a tree of 200,000 files is never in memory at once); with
+//! "calculate size" a counting pass that keeps nothing goes first (the seeds' Calculating).
+//! Each folder's target listing is asked for ahead of time, a few folders at once, so a long
+//! round trip costs little. Comparison by the job's mirror option:
 //! - send everything: every file is sent whole;
 //! - attributes, whole file: files whose size or mtime differ are sent whole;
 //! - attributes, differences: files whose size or mtime differ are diffed block by block
@@ -211,8 +213,8 @@ pub fn run(
         orphan_lines: String::new(),
         verify_lines: String::new(),
     };
-    let folders = run.walk()?;
-    run.compare_all(&folders)?;
+    run.calculate_size()?;
+    let folders = run.compare_all()?;
     run.finish_folders(&folders)?;
     // Done only when the target has made all of it durable.
     let last = run.pipe.lock().last_enqueued();
@@ -271,57 +273,76 @@ impl Run<'_> {
         }
     }
 
-    fn walk(&mut self) -> Result<Vec<Folder>, RunError> {
-        let mut folders: BTreeMap<RelPath, Vec<Entry>> = BTreeMap::new();
-        let mut order: Vec<RelPath> = Vec::new();
-        let mut walker = scan(&self.pipe.root);
-        let mut first = true;
+    /// With "calculate size", counts the files and bytes to mirror before anything is sent.
+    fn calculate_size(&mut self) -> Result<(), RunError> {
+        if !(self.settings.calculate_size && self.settings.mode == Mode::Mirror) {
+            return Ok(());
+        }
         let (mut total_bytes, mut total_files) = (0u64, 0u64);
+        let mut walker = scan(&self.pipe.root);
         while let Some(item) = walker.next() {
-            let entry = match item {
-                Ok(entry) => entry,
-                Err(error) if first => return Err(RunError::Source(error.to_string())),
-                Err(error) => {
-                    self.skip(error.to_string(), "cannot be read");
-                    continue;
-                }
-            };
-            if first {
-                first = false;
-                order.push(RelPath::root());
-                folders.insert(RelPath::root(), Vec::new());
-                continue;
-            }
+            // What cannot be read is reported by the walk that sends.
+            let Ok(entry) = item else { continue };
             if self.pipe.excluded(&entry.path) {
                 if entry.kind == EntryKind::Dir {
                     walker.skip_dir();
                 }
                 continue;
             }
-            if entry.kind == EntryKind::Dir {
-                order.push(entry.path.clone());
-                folders.insert(entry.path.clone(), Vec::new());
-            }
             if entry.kind == EntryKind::File {
                 total_bytes += entry.meta.size_bytes;
                 total_files += 1;
             }
-            let parent = entry.path.parent().unwrap_or_else(RelPath::root);
-            folders.entry(parent).or_default().push(entry);
             self.check()?;
         }
-        if self.settings.calculate_size && self.settings.mode == Mode::Mirror {
-            self.counters.total_bytes = Some(total_bytes);
-            self.counters.total_files = Some(total_files);
-            (self.progress)(Progress::Sized { total_bytes, total_files });
+        self.counters.total_bytes = Some(total_bytes);
+        self.counters.total_files = Some(total_files);
+        (self.progress)(Progress::Sized { total_bytes, total_files });
+        Ok(())
+    }
+
+    /// The next folder of the walk with its entries, or `None` at the end. `pending` holds
+    /// the folders still to visit, the next one last.
+    fn next_folder(&mut self, pending: &mut Vec<RelPath>) -> Result<Option<Folder>, RunError> {
+        let Some(path) = pending.pop() else { return Ok(None) };
+        let mut walker = scan(path.to_local(&self.pipe.root));
+        let mut children = Vec::new();
+        let mut subfolders = Vec::new();
+        let mut first = true;
+        while let Some(item) = walker.next() {
+            let entry = match item {
+                Ok(entry) => entry,
+                Err(error) if first && path.is_root() => {
+                    return Err(RunError::Source(error.to_string()));
+                }
+                Err(error) => {
+                    self.skip(error.to_string(), "cannot be read");
+                    first = false;
+                    continue;
+                }
+            };
+            if first {
+                // The folder itself (sent as an entry of its parent).
+                first = false;
+                continue;
+            }
+            // Only this folder's own entries: its subfolders are visited in turn.
+            if entry.kind == EntryKind::Dir {
+                walker.skip_dir();
+            }
+            let Ok(full) = path.join(entry.path.as_bytes()) else { continue };
+            if self.pipe.excluded(&full) {
+                continue;
+            }
+            if entry.kind == EntryKind::Dir {
+                subfolders.push(full.clone());
+            }
+            children.push(Entry { path: full, ..entry });
+            self.check()?;
         }
-        Ok(order
-            .into_iter()
-            .map(|path| {
-                let children = folders.remove(&path).unwrap_or_default();
-                Folder { path, children }
-            })
-            .collect())
+        // Sorted by name, so the smallest is visited next: the scan's depth-first order.
+        pending.extend(subfolders.into_iter().rev());
+        Ok(Some(Folder { path, children }))
     }
 
     fn listing(&self, path: &RelPath) -> JoinHandle<Result<Message, String>> {
@@ -332,15 +353,18 @@ impl Run<'_> {
         })
     }
 
-    fn compare_all(&mut self, folders: &[Folder]) -> Result<(), RunError> {
-        let mut ahead: VecDeque<JoinHandle<Result<Message, String>>> = VecDeque::new();
-        let mut next = 0;
-        for folder in folders {
-            while ahead.len() < LISTING_PREFETCH && next < folders.len() {
-                ahead.push_back(self.listing(&folders[next].path));
-                next += 1;
+    /// Compares every folder of the walk; returns the folders' paths in walk order.
+    fn compare_all(&mut self) -> Result<Vec<RelPath>, RunError> {
+        let mut ahead: VecDeque<(Folder, JoinHandle<Result<Message, String>>)> = VecDeque::new();
+        let mut pending = vec![RelPath::root()];
+        let mut visited = Vec::new();
+        loop {
+            while ahead.len() < LISTING_PREFETCH {
+                let Some(folder) = self.next_folder(&mut pending)? else { break };
+                let listing = self.listing(&folder.path);
+                ahead.push_back((folder, listing));
             }
-            let listing = ahead.pop_front().expect("the folder's listing was requested");
+            let Some((folder, listing)) = ahead.pop_front() else { break };
             let target = match self.rt.block_on(listing) {
                 Ok(Ok(Message::ListDir { entries, .. })) => entries,
                 Ok(Ok(Message::QueryFailed { error, .. })) => {
@@ -360,11 +384,12 @@ impl Run<'_> {
                     return Err(RunError::LinkLost(format!("the listing task failed: {join}")));
                 }
             };
-            self.compare_folder(folder, target)?;
+            self.compare_folder(&folder, target)?;
             self.counters.directories_mirrored += 1;
             self.verification.directories_compared += 1;
+            visited.push(folder.path);
         }
-        Ok(())
+        Ok(visited)
     }
 
     fn sends(&self) -> bool {
@@ -673,16 +698,16 @@ impl Run<'_> {
     }
 
     /// Folders' attributes go last: creating their contents changed their mtimes.
-    fn finish_folders(&mut self, folders: &[Folder]) -> Result<(), RunError> {
+    fn finish_folders(&mut self, folders: &[RelPath]) -> Result<(), RunError> {
         if !self.sends() {
             return Ok(());
         }
         for folder in folders.iter().rev() {
-            let local = folder.path.to_local(&self.pipe.root);
+            let local = folder.to_local(&self.pipe.root);
             let Ok(metadata) = std::fs::symlink_metadata(&local) else { continue };
-            if folder.path.is_root() || metadata.is_dir() {
+            if folder.is_root() || metadata.is_dir() {
                 let meta = crate::fsops::Meta::from_metadata(&metadata);
-                self.enqueue(vec![Operation::SetMeta { path: folder.path.clone(), meta }])?;
+                self.enqueue(vec![Operation::SetMeta { path: folder.clone(), meta }])?;
             }
         }
         Ok(())
