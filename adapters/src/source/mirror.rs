@@ -4,7 +4,8 @@
 //!
 //! The walk goes one folder at a time, depth first in the scan's order, holding only the
 //! folders still to visit (a tree of 200,000 files is never in memory at once); with
-//! "calculate size" a counting pass that keeps nothing goes first (the seeds' Calculating).
+//! "calculate size" a counting walk that keeps nothing runs alongside on its own thread, and
+//! the job shows Calculating until it reports.
 //! Each folder's target listing is asked for ahead of time, a few folders at once, so a long
 //! round trip costs little. Comparison by the job's mirror option:
 //! - send everything: every file is sent whole;
@@ -180,6 +181,8 @@ struct Run<'a> {
     orphans: (u64, u64, u64),
     orphan_lines: String,
     verify_lines: String,
+    /// The counting walk's answer (bytes, files), while it runs.
+    sizing: Option<std::sync::mpsc::Receiver<(u64, u64)>>,
 }
 
 /// Runs a mirror, verification or orphan pass to its end (everything sent acknowledged).
@@ -212,9 +215,11 @@ pub fn run(
         orphans: (0, 0, 0),
         orphan_lines: String::new(),
         verify_lines: String::new(),
+        sizing: None,
     };
-    run.calculate_size()?;
+    run.calculate_size();
     let folders = run.compare_all()?;
+    run.take_size(true);
     run.finish_folders(&folders)?;
     // Done only when the target has made all of it durable.
     let last = run.pipe.lock().last_enqueued();
@@ -273,32 +278,55 @@ impl Run<'_> {
         }
     }
 
-    /// With "calculate size", counts the files and bytes to mirror before anything is sent.
-    fn calculate_size(&mut self) -> Result<(), RunError> {
+    /// With "calculate size", starts counting the files and bytes to mirror on a thread of its
+    /// own: on two cores the count costs the mirror little, and the walk that sends does not
+    /// wait for it.
+    fn calculate_size(&mut self) {
         if !(self.settings.calculate_size && self.settings.mode == Mode::Mirror) {
-            return Ok(());
+            return;
         }
-        let (mut total_bytes, mut total_files) = (0u64, 0u64);
-        let mut walker = scan(&self.pipe.root);
-        while let Some(item) = walker.next() {
-            // What cannot be read is reported by the walk that sends.
-            let Ok(entry) = item else { continue };
-            if self.pipe.excluded(&entry.path) {
-                if entry.kind == EntryKind::Dir {
-                    walker.skip_dir();
+        let (answer, sizing) = std::sync::mpsc::channel();
+        let (pipe, control) = (Arc::clone(&self.pipe), Arc::clone(&self.control));
+        let counting = std::thread::Builder::new().name("mirror-size".into()).spawn(move || {
+            let (mut total_bytes, mut total_files) = (0u64, 0u64);
+            let mut walker = scan(&pipe.root);
+            while let Some(item) = walker.next() {
+                if control.is_stopped() {
+                    return;
                 }
-                continue;
+                // What cannot be read is reported by the walk that sends.
+                let Ok(entry) = item else { continue };
+                if pipe.excluded(&entry.path) {
+                    if entry.kind == EntryKind::Dir {
+                        walker.skip_dir();
+                    }
+                    continue;
+                }
+                if entry.kind == EntryKind::File {
+                    total_bytes += entry.meta.size_bytes;
+                    total_files += 1;
+                }
             }
-            if entry.kind == EntryKind::File {
-                total_bytes += entry.meta.size_bytes;
-                total_files += 1;
-            }
-            self.check()?;
+            let _ = answer.send((total_bytes, total_files));
+        });
+        match counting {
+            Ok(_) => self.sizing = Some(sizing),
+            Err(error) => tracing::warn!(%error, "cannot start the mirror's size count"),
         }
-        self.counters.total_bytes = Some(total_bytes);
-        self.counters.total_files = Some(total_files);
-        (self.progress)(Progress::Sized { total_bytes, total_files });
-        Ok(())
+    }
+
+    /// Takes the count's answer if it is there (or, with `wait`, once it is).
+    fn take_size(&mut self, wait: bool) {
+        let Some(sizing) = &self.sizing else { return };
+        let answer = if wait { sizing.recv().ok() } else { sizing.try_recv().ok() };
+        if let Some((total_bytes, total_files)) = answer {
+            self.counters.total_bytes = Some(total_bytes);
+            self.counters.total_files = Some(total_files);
+            (self.progress)(Progress::Sized { total_bytes, total_files });
+            self.sizing = None;
+        } else if wait {
+            self.sizing = None; // the count stopped
+        }
     }
 
     /// The next folder of the walk with its entries, or `None` at the end. `pending` holds
@@ -728,6 +756,7 @@ impl Run<'_> {
     }
 
     fn report_progress(&mut self) {
+        self.take_size(false);
         if self.last_report.elapsed() >= Duration::from_millis(500) {
             self.last_report = Instant::now();
             (self.progress)(Progress::Counters(self.counters.clone()));
