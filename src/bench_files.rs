@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::bench_support::{
-    BenchDaemon, Census, free_port, gib, is_root, make_tree, settle, walk, warm,
-};
+use crate::bench_support::{BenchDaemon, Census, free_port, gib, make_tree, settle, walk, warm};
 use crate::client::Client;
 
 /// What to measure.
@@ -168,7 +166,7 @@ fn start_rsync(base: &Path) -> Result<RsyncDaemon> {
         base.join("rsyncd.pid").display(),
         base.display()
     );
-    if is_root() {
+    if crate::datadir::is_root() {
         text.push_str("uid = root\ngid = root\n");
     }
     std::fs::write(&config, text)?;

@@ -137,7 +137,7 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("UNDERSTUDY_DATA_DIR") {
         return PathBuf::from(dir);
     }
-    if rustix_is_root() {
+    if is_root() {
         return PathBuf::from("/var/lib/understudy");
     }
     match std::env::var_os("HOME") {
@@ -146,7 +146,8 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
-fn rustix_is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     // Reading our own /proc entry avoids a libc dependency for one getuid().
     std::fs::read_to_string("/proc/self/status")
         .ok()

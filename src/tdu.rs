@@ -104,8 +104,7 @@ async fn measure(client: &Client, source: &Path, options: &TduRun) -> Result<Sta
         bar.finish_and_clear();
     }
     // The wire counters come with the next replication record (every 2 s).
-    let wire = settled_counters(client).await?;
-    let skipped = skipped_files(client).await?;
+    let (wire, skipped) = mirror_record(client).await?;
     for (path, reason) in &skipped {
         eprintln!("skipped {path}: {reason}");
     }
@@ -186,50 +185,43 @@ impl Counters {
     }
 }
 
-/// The job's counters once they cover the whole mirror: the first counters recorded after
-/// `MirrorCompleted` (they are recorded every 2 s while anything moves). If none comes within
-/// two periods, nothing moved since the last record, so the counters shown are final.
-async fn settled_counters(client: &Client) -> Result<Counters> {
+/// From the job's history: its counters once they cover the whole mirror, and the files the
+/// mirror skipped. The counters are the first recorded after `MirrorCompleted` (they are
+/// recorded every 2 s while anything moves); if none comes within two periods, nothing moved
+/// since the last record, so the counters shown are final.
+async fn mirror_record(client: &Client) -> Result<(Counters, Vec<(String, String)>)> {
     let started = Instant::now();
     loop {
         let audit = client.get("/v1/jobs/tdu/replay").await?;
+        let mut skipped = Vec::new();
         let mut mirror_ended = false;
-        let mut after: Option<Value> = None;
+        let mut after: Option<Counters> = None;
         for entry in audit["timeline"].as_array().into_iter().flatten() {
             let event = &entry["envelope"]["event"];
-            if event.get("MirrorCompleted").is_some() {
+            if let Some(files) = event["MirrorFilesSkipped"]["files"].as_array() {
+                skipped.extend(files.iter().map(|file| {
+                    (
+                        file["path"].as_str().unwrap_or_default().to_string(),
+                        file["reason"].as_str().unwrap_or_default().to_string(),
+                    )
+                }));
+            } else if event.get("MirrorCompleted").is_some() {
                 mirror_ended = true;
-                after = None;
-            } else if mirror_ended && let Some(progress) = event.get("ReplicationProgressed") {
-                after = Some(progress["counters"].clone());
-                break;
+            } else if mirror_ended
+                && after.is_none()
+                && let Some(progress) = event.get("ReplicationProgressed")
+            {
+                after = Some(Counters::from(&progress["counters"]));
             }
         }
         if let Some(counters) = after {
-            return Ok(Counters::from(&counters));
+            return Ok((counters, skipped));
         }
         if started.elapsed() > Duration::from_secs(5) {
-            return Ok(Counters::from(&client.get("/v1/jobs/tdu").await?));
+            return Ok((Counters::from(&client.get("/v1/jobs/tdu").await?), skipped));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The files the mirror skipped, from the job's history.
-async fn skipped_files(client: &Client) -> Result<Vec<(String, String)>> {
-    let audit = client.get("/v1/jobs/tdu/replay").await?;
-    let mut skipped = Vec::new();
-    for entry in audit["timeline"].as_array().into_iter().flatten() {
-        if let Some(files) = entry["envelope"]["event"]["MirrorFilesSkipped"]["files"].as_array() {
-            for file in files {
-                skipped.push((
-                    file["path"].as_str().unwrap_or_default().to_string(),
-                    file["reason"].as_str().unwrap_or_default().to_string(),
-                ));
-            }
-        }
-    }
-    Ok(skipped)
 }
 
 fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {

@@ -12,31 +12,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{Daemon, Out, understudy};
-
-/// Asserts the command failed the way bad input must: exit 2, one line on stderr that starts
-/// with "understudy: ", no panic, nothing on stdout; returns the line.
-#[track_caller]
-fn bad_input(out: &Out) -> String {
-    assert_eq!(
-        out.code, 2,
-        "`{}` should exit 2 for bad input\nstdout: {}\nstderr: {}",
-        out.command, out.stdout, out.stderr
-    );
-    let lines = out.stderr_lines();
-    assert_eq!(
-        lines.len(),
-        1,
-        "`{}` should say what is wrong in one line, said:\n{}",
-        out.command,
-        out.stderr
-    );
-    let line = lines[0].to_string();
-    assert!(line.starts_with("understudy: "), "`{}`: {line}", out.command);
-    assert!(!out.stderr.contains("panicked"), "`{}` panicked: {}", out.command, out.stderr);
-    assert!(out.stdout.trim().is_empty(), "`{}` printed on stdout: {}", out.command, out.stdout);
-    line
-}
+use support::{Daemon, bad_input, understudy};
 
 /// Total events according to `understudy replay --data-dir D` (the EVENTS column).
 fn replay_event_total(daemon: &Daemon) -> u64 {

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Daemon, LONG, Out, random_bytes, understudy, write};
+use support::{Daemon, LONG, Out, bad_input, is_root, random_bytes, understudy, write};
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
@@ -351,41 +351,6 @@ fn watch_records_the_churn_and_forecast_replays_it_without_the_source() {
     .ok();
     assert!(text.stdout.contains("1 Gbit/s"), "{}", text.stdout);
     assert!(fs::read_to_string(&plot2).unwrap().contains("</svg>"));
-}
-
-/// Asserts the command failed the way bad input must: exit 2, one line on stderr that starts
-/// with "understudy: ", nothing on stdout; returns the line.
-#[track_caller]
-fn bad_input(out: &Out) -> String {
-    let out_code = out.code;
-    assert_eq!(
-        out_code, 2,
-        "`{}` should exit 2 for bad input\nstdout: {}\nstderr: {}",
-        out.command, out.stdout, out.stderr
-    );
-    let lines = out.stderr_lines();
-    assert_eq!(
-        lines.len(),
-        1,
-        "`{}` should say what is wrong in one line:\n{}",
-        out.command,
-        out.stderr
-    );
-    assert!(lines[0].starts_with("understudy: "), "`{}`: {}", out.command, lines[0]);
-    assert!(!out.stderr.contains("panicked"), "`{}` panicked: {}", out.command, out.stderr);
-    assert!(out.stdout.trim().is_empty(), "`{}` printed: {}", out.command, out.stdout);
-    lines[0].to_string()
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// `understudy ARGS…` as the unprivileged user `nobody` when the tests run as root (root reads

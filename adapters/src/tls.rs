@@ -77,30 +77,25 @@ impl Tls {
             .map_err(|e| {
                 TlsError(format!("cannot verify peers with {}: {e}", files.ca.display()))
             })?;
+        let mismatched = |e: rustls::Error| {
+            TlsError(format!(
+                "{} does not go with {}: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        };
         let server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| {
-                TlsError(format!(
-                    "{} does not go with {}: {e}",
-                    files.cert.display(),
-                    files.key.display()
-                ))
-            })?;
+            .map_err(mismatched)?;
         let client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError(e.to_string()))?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
-            .map_err(|e| {
-                TlsError(format!(
-                    "{} does not go with {}: {e}",
-                    files.cert.display(),
-                    files.key.display()
-                ))
-            })?;
+            .map_err(mismatched)?;
         Ok(Tls { server: Arc::new(server), client: Arc::new(client) })
     }
 }

@@ -76,6 +76,42 @@ impl Out {
     }
 }
 
+/// Asserts the command failed the way bad input must: exit 2, one line on stderr that starts
+/// with "understudy: ", no panic, nothing on stdout; returns the line.
+#[track_caller]
+pub fn bad_input(out: &Out) -> String {
+    assert_eq!(
+        out.code, 2,
+        "`{}` should exit 2 for bad input\nstdout: {}\nstderr: {}",
+        out.command, out.stdout, out.stderr
+    );
+    let lines = out.stderr_lines();
+    assert_eq!(
+        lines.len(),
+        1,
+        "`{}` should say what is wrong in one line, said:\n{}",
+        out.command,
+        out.stderr
+    );
+    let line = lines[0].to_string();
+    assert!(line.starts_with("understudy: "), "`{}`: {line}", out.command);
+    assert!(!out.stderr.contains("panicked"), "`{}` panicked: {}", out.command, out.stderr);
+    assert!(out.stdout.trim().is_empty(), "`{}` printed on stdout: {}", out.command, out.stdout);
+    line
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// A `Command` for the binary with no `UNDERSTUDY_*` variables or `RUST_LOG` inherited.
 pub fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
