@@ -164,7 +164,7 @@ where
         job,
         name: name_of(&folded.machine),
         state: folded.machine.state(),
-        status: folded.machine.status().clone(),
+        status: folded.machine.status(),
         seq: folded.head,
         timeline,
         corrupt,

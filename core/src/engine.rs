@@ -38,8 +38,9 @@ pub trait JobMachine: Clone + fmt::Debug {
     /// The current (leaf) state.
     fn state(&self) -> StateName;
 
-    /// The status projections.
-    fn status(&self) -> &JobStatus;
+    /// The status projections, as of the last event applied. Owned: a machine may put parts
+    /// of it into words only when asked, not for every event it folds.
+    fn status(&self) -> JobStatus;
 
     /// The spec, once created.
     fn spec(&self) -> Option<&JobSpec>;
@@ -549,8 +550,8 @@ mod tests {
         fn state(&self) -> StateName {
             self.state
         }
-        fn status(&self) -> &JobStatus {
-            &self.status
+        fn status(&self) -> JobStatus {
+            self.status.clone()
         }
         fn spec(&self) -> Option<&JobSpec> {
             None

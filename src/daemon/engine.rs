@@ -57,7 +57,7 @@ impl JobView {
             name: job.spec().map(|s| s.name.clone()).unwrap_or_default(),
             spec: job.spec().cloned(),
             state: job.state(),
-            status: job.status().clone(),
+            status: job.status(),
             allowed: job.allowed(),
             seq: engine.head(id).unwrap_or(Seq::ZERO),
             quarantine: engine.quarantine(id).map(str::to_string),

@@ -19,14 +19,18 @@ use crate::projection;
 #[derive(Clone, Debug)]
 pub struct Job {
     machine: InitializedStateMachine<JobData>,
+    /// The status, except its activity while `last` is set.
     status: JobStatus,
+    /// The last event applied and the state it left the job in: the activity, put into words
+    /// only when the status is read. A replay folds a million events and reads the status once.
+    last: Option<(StateName, JobEvent)>,
 }
 
 impl PartialEq for Job {
     fn eq(&self, other: &Self) -> bool {
         self.state() == other.state()
             && *self.machine == *other.machine
-            && self.status == other.status
+            && self.status() == other.status()
     }
 }
 
@@ -103,15 +107,19 @@ impl JobMachine for Job {
         let machine = JobData::new(job)
             .uninitialized_state_machine()
             .init_with_context(&mut Ctx::discarding());
-        Job { machine, status: JobStatus::default() }
+        Job { machine, status: JobStatus::default(), last: None }
     }
 
     fn state(&self) -> StateName {
         state_name(self.machine.state())
     }
 
-    fn status(&self) -> &JobStatus {
-        &self.status
+    fn status(&self) -> JobStatus {
+        let mut status = self.status.clone();
+        if let Some((state, event)) = &self.last {
+            status.activity = projection::activity(event, *state);
+        }
+        status
     }
 
     fn spec(&self) -> Option<&JobSpec> {
@@ -141,6 +149,7 @@ impl JobMachine for Job {
         }
         let state = self.state();
         projection::observe(&mut self.status, &self.machine, state, envelope);
+        self.last = Some((state, envelope.event.clone()));
         Ok(())
     }
 
@@ -164,10 +173,7 @@ impl JobMachine for Job {
     }
 
     fn snapshot(&self) -> JobSnapshot {
-        JobSnapshot {
-            machine: SnapshotMachine::Live(self.machine.clone()),
-            status: self.status.clone(),
-        }
+        JobSnapshot { machine: SnapshotMachine::Live(self.machine.clone()), status: self.status() }
     }
 
     fn restore(snapshot: JobSnapshot) -> Self {
@@ -176,7 +182,7 @@ impl JobMachine for Job {
             // Entry actions run again on init; their output is thrown away.
             SnapshotMachine::Stored(machine) => machine.init_with_context(&mut Ctx::discarding()),
         };
-        Job { machine, status: snapshot.status }
+        Job { machine, status: snapshot.status, last: None }
     }
 }
 

@@ -83,11 +83,6 @@ pub fn observe(status: &mut JobStatus, data: &JobData, state: StateName, envelop
         }
         _ => {}
     }
-    if let JobEvent::Created { spec } = &envelope.event {
-        status.activity = format!("Created {} job {:?}", spec.job_type.label(), spec.name);
-    } else {
-        status.activity = activity(&envelope.event, state);
-    }
     status.fault = data
         .faults
         .values()
@@ -113,7 +108,12 @@ fn set_mirror_counters(status: &mut JobStatus, counters: &MirrorCounters, data: 
     }
 }
 
-fn activity(event: &JobEvent, state: StateName) -> String {
+/// The activity `job show` reports after `event` left the job in `state`. Derived on demand
+/// (see [`crate::Job`]): it depends on the last event alone.
+pub fn activity(event: &JobEvent, state: StateName) -> String {
+    if let JobEvent::Created { spec } = event {
+        return format!("Created {} job {:?}", spec.job_type.label(), spec.name);
+    }
     let summary = event.summary();
     match event {
         JobEvent::ScriptCompleted { stage: ScriptStage::PreCutover, result } => {

@@ -49,9 +49,23 @@ pub(crate) struct Records<I> {
     iter: I,
 }
 
-/// What reading the next record gave: storage failures are the outer `Err`, data problems the
-/// inner one.
-type Next = Result<Option<Result<Stored, Corruption>>, StoreError>;
+/// One record as read: storage failures are the outer `Err`, data problems the inner one.
+pub(crate) type Record = Result<Result<Stored, Corruption>, StoreError>;
+
+/// Whether a record ends the scan: after a storage failure or a bad record nothing further is
+/// read (so a reader ahead of [`verify`], on another thread, stops there too).
+pub(crate) fn ends_scan(record: &Record) -> bool {
+    !matches!(record, Ok(Ok(_)))
+}
+
+impl<I: Iterator<Item = sled::Result<Raw>>> Iterator for Records<I> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        let item = self.iter.next()?;
+        Some(item.map_err(|e| io("reading events", &e)).map(|raw| self.check(raw)))
+    }
+}
 
 impl<I: Iterator<Item = sled::Result<Raw>>> Records<I> {
     /// Reads from `from` on (`iter` must start there).
@@ -63,41 +77,40 @@ impl<I: Iterator<Item = sled::Result<Raw>>> Records<I> {
         Corruption { job: self.job, seq, why }
     }
 
-    pub(crate) fn next_record(&mut self) -> Next {
-        let Some(item) = self.iter.next() else { return Ok(None) };
-        let Raw { key, value, hash } = item.map_err(|e| io("reading events", &e))?;
+    /// The checks on one record alone; decoding is the costly part.
+    fn check(&mut self, Raw { key, value, hash }: Raw) -> Result<Stored, Corruption> {
         let expected = self.expected;
         let Some(seq) = seq_of_event_key(&key) else {
-            return Ok(Some(Err(self.corrupt(
+            return Err(self.corrupt(
                 expected,
                 format!("a malformed key ({} bytes) is stored among its events", key.len()),
-            ))));
+            ));
         };
         if seq != expected {
-            return Ok(Some(Err(self.corrupt(
+            return Err(self.corrupt(
                 expected,
                 format!("event {expected} is missing (the next stored event is {seq})"),
-            ))));
+            ));
         }
         let envelope = match decode_envelope(&value) {
             Ok(envelope) => envelope,
-            Err(error) => return Ok(Some(Err(self.corrupt(seq, error.to_string())))),
+            Err(error) => return Err(self.corrupt(seq, error.to_string())),
         };
         if envelope.job_id != self.job {
             let why = format!(
                 "event stored under seq {seq} belongs to job {} (moved from another job)",
                 envelope.job_id
             );
-            return Ok(Some(Err(self.corrupt(seq, why))));
+            return Err(self.corrupt(seq, why));
         }
         if envelope.seq != seq {
             let why =
                 format!("event stored under seq {seq} says it is seq {} (reordered)", envelope.seq);
-            return Ok(Some(Err(self.corrupt(seq, why))));
+            return Err(self.corrupt(seq, why));
         }
         // Saturating: a key at u64::MAX is the end either way, and must not overflow.
         self.expected = Seq(seq.0.saturating_add(1));
-        Ok(Some(Ok(Stored { seq, envelope, hash })))
+        Ok(Stored { seq, envelope, hash })
     }
 }
 
@@ -113,19 +126,19 @@ pub(crate) struct Head {
 /// `base` is the hash the first record must link to: genesis at seq 1, otherwise the hash of
 /// the value at `from - 1`. Returns `Flow::Stop` if the visitor stopped the scan,
 /// `Flow::Continue` if it verified everything up to the head.
-pub(crate) fn verify<I: Iterator<Item = sled::Result<Raw>>>(
+pub(crate) fn verify(
     job: JobId,
     head: Head,
     from: Seq,
     base: ChainHash,
-    mut records: Records<I>,
+    mut records: impl Iterator<Item = Record>,
     visit: &mut dyn FnMut(EventEnvelope) -> Flow,
 ) -> Result<Flow, StoreError> {
     let corrupt = |seq: Seq, why: String| Err(StoreError::Corrupt(Corruption { job, seq, why }));
     // The last envelope whose own link checked out but whose hash nothing has vouched for yet.
     let mut pending: Option<Stored> = None;
     loop {
-        let current = match records.next_record()? {
+        let current = match records.next().transpose()? {
             None => break,
             Some(Err(corruption)) => {
                 // Nothing in a gap or a misplaced record speaks against the one before it.
@@ -155,7 +168,7 @@ pub(crate) fn verify<I: Iterator<Item = sled::Result<Raw>>>(
             );
         }
         let previous = Seq(seq.0 - 1);
-        let vouched = match records.next_record()? {
+        let vouched = match records.next().transpose()? {
             None if seq == head.seq => Some(current.hash == head.hash),
             None => None,
             Some(Ok(next)) => Some(next.envelope.prev_hash == current.hash),

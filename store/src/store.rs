@@ -26,7 +26,7 @@ use crate::keys::{
     self, FORMAT_NAME, FORMAT_VERSION, META_FORMAT, META_POSITION, META_VERSION, Run,
     checkpoint_key, event_key, global_key, global_value, head_key, head_value,
 };
-use crate::scan::{Head, Raw, Records, verify};
+use crate::scan::{Head, Raw, Records, ends_scan, verify};
 
 /// Data directories this process has opened, by canonical path: `true` while a handle is open,
 /// `false` once dropped.
@@ -38,11 +38,11 @@ use crate::scan::{Head, Raw, Records, verify};
 /// is reported locked at once.
 static OPENED_HERE: Mutex<BTreeMap<PathBuf, bool>> = Mutex::new(BTreeMap::new());
 
-/// Scans of at least this many events read and hash on a helper thread (see `scan_job`);
-/// shorter ones, like a replay from a recent checkpoint, are not worth a thread.
+/// Scans of at least this many events run as a pipeline (see `scan_job`); shorter ones, like a
+/// replay from a recent checkpoint, are not worth the threads.
 const PIPELINE_FROM: u64 = 4_096;
 
-/// Events per message from the helper thread: enough to make the channel's cost negligible.
+/// Items per message between pipeline stages: enough to make the channel's cost negligible.
 const PIPELINE_CHUNK: usize = 256;
 
 /// How long a reopen waits for the lingering lock of a handle this process dropped.
@@ -529,31 +529,15 @@ impl EventStore for SledEventStore {
         // Up to the head read above: an append landing during the scan is past it.
         let range = || self.db.range(event_key(job, from)..=event_key(job, head.seq));
         let flow = if head.seq.0.saturating_sub(from.0) < PIPELINE_FROM {
-            let records = range().map(|item| item.map(Raw::hashed));
-            verify(job, head, from, base, Records::new(job, from, records), visit)?
+            let records = Records::new(job, from, range().map(|item| item.map(Raw::hashed)));
+            verify(job, head, from, base, records, visit)?
         } else {
-            // A long scan: a helper thread reads and hashes while this one decodes, checks and
-            // visits, in order. It stops when the scan does: its sends fail once `records`,
-            // holding the receiver, is dropped at the end of `verify`.
+            // A long scan runs as a pipeline on three threads: one reads and hashes, one decodes
+            // and checks each record, this one checks the links and visits, in order.
             std::thread::scope(|scope| {
-                let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<sled::Result<Raw>>>(4);
-                scope.spawn(move || {
-                    let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
-                    for item in range() {
-                        let failed = item.is_err();
-                        chunk.push(item.map(Raw::hashed));
-                        if failed || chunk.len() == PIPELINE_CHUNK {
-                            let full =
-                                std::mem::replace(&mut chunk, Vec::with_capacity(PIPELINE_CHUNK));
-                            if sender.send(full).is_err() || failed {
-                                return;
-                            }
-                        }
-                    }
-                    let _ = sender.send(chunk);
-                });
-                let records = receiver.into_iter().flatten();
-                verify(job, head, from, base, Records::new(job, from, records), visit)
+                let raws = ahead(scope, range().map(|item| item.map(Raw::hashed)), Result::is_err);
+                let records = ahead(scope, Records::new(job, from, raws), ends_scan);
+                verify(job, head, from, base, records, visit)
             })?
         };
         if flow == Flow::Stop {
@@ -676,4 +660,30 @@ impl<S: Serialize + DeserializeOwned> CheckpointStore<S> for SledEventStore {
         }
         Ok(None)
     }
+}
+
+/// Runs `items` on a scoped helper thread, a chunk ahead of the returned iterator, which yields
+/// them in order. The helper stops after an item for which `last` holds, at the end, or once
+/// the returned iterator is dropped (its sends then fail).
+fn ahead<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    items: impl Iterator<Item = T> + Send + 'scope,
+    last: fn(&T) -> bool,
+) -> impl Iterator<Item = T> + Send + 'scope {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<T>>(4);
+    scope.spawn(move || {
+        let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
+        for item in items {
+            let stop = last(&item);
+            chunk.push(item);
+            if stop || chunk.len() == PIPELINE_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(PIPELINE_CHUNK));
+                if sender.send(full).is_err() || stop {
+                    return;
+                }
+            }
+        }
+        let _ = sender.send(chunk);
+    });
+    receiver.into_iter().flatten()
 }
