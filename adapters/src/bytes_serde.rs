@@ -100,3 +100,22 @@ pub(crate) mod option {
         }
     }
 }
+
+/// The same for [`bytes::Bytes`]: decoded into a buffer it then owns, without another copy.
+pub(crate) mod shared {
+    use bytes::Bytes;
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        bytes: &Bytes,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Bytes, D::Error> {
+        super::deserialize(deserializer).map(Bytes::from)
+    }
+}

@@ -246,8 +246,10 @@ fn limits_are_enforced_before_allocation() {
     assert!(matches!(decode_payload(&trailing), Err(WireError::Malformed { .. })));
 
     // Sending: a message over the limit is refused so the caller splits the batch.
-    let huge =
-        Message::Ops { first_seq: 1, ops: vec![EncodedOp(vec![0; MAX_FRAME_BYTES as usize])] };
+    let huge = Message::Ops {
+        first_seq: 1,
+        ops: vec![EncodedOp(vec![0; MAX_FRAME_BYTES as usize].into())],
+    };
     assert!(matches!(
         encode_frame(&huge, Compression::Zstd { level: 1 }),
         Err(WireError::MessageTooLarge { .. })

@@ -133,16 +133,8 @@ impl Iterator for Scan {
     }
 }
 
-/// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
-pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0; len];
-    let n = read_full_at(file, &mut buf, offset)?;
-    buf.truncate(n);
-    Ok(buf)
-}
-
 /// Fills `buf` from `offset`, short only at the end of the file; returns the bytes read.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {
@@ -288,7 +280,7 @@ impl<'f> RangeHasher<'f> {
         if in_hole {
             buf.fill(0);
         } else {
-            let got = read_full_at(self.file, buf, start)?;
+            let got = read_at(self.file, buf, start)?;
             // The file shrank meanwhile: hash what is there, as zeros beyond (the difference
             // shows up as a changed block and the caller re-examines the file).
             buf[got..].fill(0);

@@ -56,6 +56,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 use segment::{HEADER_BYTES, Segment, SegmentWriter, list_segments, read_segment, record_len};
 
 use crate::error::{FullReason, QueueError};
@@ -141,7 +143,7 @@ pub struct SourceQueue {
     label: String,
     limits: QueueLimits,
     /// The oldest items: in flight first (`sent` of them), then pending.
-    mem: VecDeque<(u64, Vec<u8>)>,
+    mem: VecDeque<(u64, Bytes)>,
     mem_bytes: u64,
     sent: usize,
     /// Newer items on disk, oldest first; the last may be open for writing.
@@ -316,7 +318,8 @@ impl SourceQueue {
     /// Queues an item. `seq` must be greater than every sequence number pushed before.
     ///
     /// Fails with [`QueueError::Full`] when the queue is exhausted (nothing is queued then).
-    pub fn push(&mut self, seq: u64, data: Vec<u8>) -> Result<(), QueueError> {
+    pub fn push(&mut self, seq: u64, data: impl Into<Bytes>) -> Result<(), QueueError> {
+        let data = data.into();
         if let Some(last) = self.last_pushed
             && seq <= last
         {
@@ -414,26 +417,26 @@ impl SourceQueue {
         self.disk_bytes -= segment.bytes;
         for (seq, data) in items {
             self.mem_bytes += data.len() as u64;
-            self.mem.push_back((seq, data));
+            self.mem.push_back((seq, Bytes::from(data)));
         }
         Ok(true)
     }
 
     /// The next pending item without taking it (loading a segment if needed).
-    pub fn peek(&mut self) -> Result<Option<(u64, &[u8])>, QueueError> {
+    pub fn peek(&mut self) -> Result<Option<(u64, &Bytes)>, QueueError> {
         while self.sent >= self.mem.len() {
             if !self.load_oldest_segment()? {
                 return Ok(None);
             }
         }
         let (seq, data) = &self.mem[self.sent];
-        Ok(Some((*seq, data.as_slice())))
+        Ok(Some((*seq, data)))
     }
 
     /// Takes the next pending item to send; it stays in the queue, in flight, until
-    /// [`SourceQueue::ack`]ed.
-    pub fn pop(&mut self) -> Result<Option<(u64, Vec<u8>)>, QueueError> {
-        let item = self.peek()?.map(|(seq, data)| (seq, data.to_vec()));
+    /// [`SourceQueue::ack`]ed (what is returned shares its bytes, it does not copy them).
+    pub fn pop(&mut self) -> Result<Option<(u64, Bytes)>, QueueError> {
+        let item = self.peek()?.map(|(seq, data)| (seq, data.clone()));
         if item.is_some() {
             self.sent += 1;
         }

@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::pipe::{Exhausted, Pipe, Producer, Shadow};
 use crate::fsops::{BLOCK_SIZE, BlockHash, Meta, Operation, RelPath, data_ranges, read_at};
+use crate::wire::EncodedOp;
 
 /// What sending a file did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,32 +102,33 @@ pub fn send_file(
         let mut offset = range.start - range.start % block;
         while offset < range.end {
             let len = (range.end - offset).min(block);
-            let data = read_at(&file, offset, usize::try_from(len).unwrap_or(0))
+            // Read straight into the encoded operation: the data is not copied again on its
+            // way to the queue.
+            let (write, data) =
+                EncodedOp::encode_write(path, offset, usize::try_from(len).unwrap_or(0), |buf| {
+                    read_at(&file, buf, offset)
+                })
                 .map_err(SendError::from_io)?;
-            if data.is_empty() {
+            let data_len = data.len() as u64;
+            if data_len == 0 {
                 break; // the file shrank while we read it: capture will send the rest
             }
-            let hash = BlockHash::of(&data);
+            let hash = BlockHash::of(&write.0[data]);
             let index = usize::try_from(offset / block).unwrap_or(usize::MAX);
             if hashes.len() == index {
                 hashes.push(hash);
             } else {
                 hashes_complete = false;
             }
-            let unchanged = target.is_some_and(|t| {
-                offset + data.len() as u64 <= t.len && t.hashes.get(index) == Some(&hash)
-            });
+            let unchanged = target
+                .is_some_and(|t| offset + data_len <= t.len && t.hashes.get(index) == Some(&hash));
             if unchanged {
-                sent.bytes_skipped += data.len() as u64;
+                sent.bytes_skipped += data_len;
             } else {
                 if !pace() {
                     return Err(SendError::Interrupted);
                 }
-                let mut state = pipe.lock();
-                let data_len = data.len() as u64;
-                let write = Operation::Write { path: path.clone(), offset, data };
-                state.enqueue(first.take().into_iter().chain(std::iter::once(write)), producer)?;
-                drop(state);
+                pipe.lock().enqueue_write(first.take(), write, data_len, producer)?;
                 pipe.notify();
                 sent.bytes_sent += data_len;
                 sent.changed = true;

@@ -105,33 +105,56 @@ impl PipeState {
         }
         for op in ops {
             let encoded = EncodedOp::encode(&op).map_err(|e| Exhausted(e.to_string()))?;
-            if producer == Producer::Replication
-                && let Operation::Write { data, .. } = &op
-            {
-                self.replication_bytes += data.len() as u64;
-            }
-            if let Err(error) = self.numbering.reserve(self.next_seq) {
-                self.exhausted = true;
-                return Err(Exhausted(format!("cannot reserve sequence numbers: {error}")));
-            }
-            match self.queue.push(self.next_seq, encoded.0) {
-                Ok(()) => {}
-                Err(error @ QueueError::Full { .. }) => {
-                    self.exhausted = true;
-                    return Err(Exhausted(error.to_string()));
-                }
-                Err(error) => {
-                    self.exhausted = true;
-                    return Err(Exhausted(format!("the queue failed: {error}")));
-                }
-            }
-            if producer == Producer::Replication {
-                self.stamps.push_back((self.next_seq, Instant::now()));
-                self.replication_operations += 1;
-            }
-            self.next_seq += 1;
+            let data = match &op {
+                Operation::Write { data, .. } => data.len() as u64,
+                _ => 0,
+            };
+            self.push(encoded, data, producer)?;
         }
         Ok(self.next_seq - 1)
+    }
+
+    /// Queues a write already encoded (by [`EncodedOp::encode_write`]) with `data` bytes of
+    /// file data, after `before` (the file's creation, for its first block).
+    ///
+    /// # Errors
+    ///
+    /// As [`PipeState::enqueue`].
+    pub fn enqueue_write(
+        &mut self,
+        before: Option<Operation>,
+        write: EncodedOp,
+        data: u64,
+        producer: Producer,
+    ) -> Result<u64, Exhausted> {
+        self.enqueue(before, producer)?;
+        self.push(write, data, producer)?;
+        Ok(self.next_seq - 1)
+    }
+
+    fn push(&mut self, op: EncodedOp, data: u64, producer: Producer) -> Result<(), Exhausted> {
+        if let Err(error) = self.numbering.reserve(self.next_seq) {
+            self.exhausted = true;
+            return Err(Exhausted(format!("cannot reserve sequence numbers: {error}")));
+        }
+        match self.queue.push(self.next_seq, op.0) {
+            Ok(()) => {}
+            Err(error @ QueueError::Full { .. }) => {
+                self.exhausted = true;
+                return Err(Exhausted(error.to_string()));
+            }
+            Err(error) => {
+                self.exhausted = true;
+                return Err(Exhausted(format!("the queue failed: {error}")));
+            }
+        }
+        if producer == Producer::Replication {
+            self.replication_bytes += data;
+            self.stamps.push_back((self.next_seq, Instant::now()));
+            self.replication_operations += 1;
+        }
+        self.next_seq += 1;
+        Ok(())
     }
 
     /// The last sequence number enqueued.

@@ -1,5 +1,8 @@
 //! The messages exchanged between a source engine and a target engine.
 
+use std::ops::Range;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use understudy_core::effect::{ScriptResult, ScriptStage};
 use understudy_core::spec::{JobSpec, QueuePolicy, Script};
@@ -9,10 +12,11 @@ use crate::error::WireError;
 use crate::fsops::{BlockHashes, Entry, Operation, RelPath};
 
 /// One operation, already encoded (named MessagePack). The source queue holds operations in
-/// this form, so a batch goes from the queue to the wire without decoding and re-encoding.
+/// this form, so a batch goes from the queue to the wire without decoding and re-encoding, and
+/// shares the queue's buffer instead of copying it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct EncodedOp(#[serde(with = "crate::bytes_serde")] pub Vec<u8>);
+pub struct EncodedOp(#[serde(with = "crate::bytes_serde::shared")] pub Bytes);
 
 impl EncodedOp {
     /// Encodes an operation.
@@ -29,7 +33,59 @@ impl EncodedOp {
         let mut bytes = Vec::with_capacity(data + 128);
         rmp_serde::encode::write_named(&mut bytes, op)
             .map_err(|e| WireError::Encode { kind: "Operation", reason: e.to_string() })?;
-        Ok(EncodedOp(bytes))
+        Ok(EncodedOp(bytes.into()))
+    }
+
+    /// Encodes `Operation::Write { path, offset, data }` with `data` read by `fill` straight
+    /// into the encoded buffer: the bytes [`EncodedOp::encode`] gives, without copying the data
+    /// into place. `fill` gets room for `len` bytes and returns how many it filled (fewer only
+    /// at the end of a file). Returns the operation and where its data lies in it.
+    ///
+    /// # Errors
+    ///
+    /// What `fill` returned.
+    pub fn encode_write(
+        path: &RelPath,
+        offset: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<(EncodedOp, Range<usize>)> {
+        let head = |len: usize| {
+            // The data is the last field: the encoding of the same write without data, whose
+            // last two bytes are the empty `bin 8` header, then the header for `len` bytes.
+            let empty = Operation::Write { path: path.clone(), offset, data: Vec::new() };
+            let mut bytes = Vec::with_capacity(path.as_bytes().len() + 48 + len);
+            rmp_serde::encode::write_named(&mut bytes, &empty)
+                .map_err(|e| std::io::Error::other(format!("encoding a write: {e}")))?;
+            debug_assert_eq!(bytes[bytes.len() - 2..], [0xc4, 0]);
+            bytes.truncate(bytes.len() - 2);
+            match (u8::try_from(len), u16::try_from(len), u32::try_from(len)) {
+                (Ok(n), _, _) => bytes.extend_from_slice(&[0xc4, n]),
+                (_, Ok(n), _) => {
+                    bytes.push(0xc5);
+                    bytes.extend_from_slice(&n.to_be_bytes());
+                }
+                (_, _, Ok(n)) => {
+                    bytes.push(0xc6);
+                    bytes.extend_from_slice(&n.to_be_bytes());
+                }
+                _ => return Err(std::io::Error::other("a write of more than 4 GiB")),
+            }
+            Ok::<_, std::io::Error>(bytes)
+        };
+        let mut bytes = head(len)?;
+        let start = bytes.len();
+        bytes.resize(start + len, 0);
+        let filled = fill(&mut bytes[start..])?;
+        if filled < len {
+            // Short (the file ended sooner): the length in the header changes, and so may the
+            // header's size. Rare; copying the data once more is fine here.
+            let mut short = head(filled)?;
+            let data_start = short.len();
+            short.extend_from_slice(&bytes[start..start + filled]);
+            return Ok((EncodedOp(short.into()), data_start..data_start + filled));
+        }
+        Ok((EncodedOp(bytes.into()), start..start + len))
     }
 
     /// Decodes the operation.
@@ -340,6 +396,43 @@ impl Message {
             Message::Released => "Released",
             Message::Close { .. } => "Close",
             Message::Compressed { .. } => "Compressed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-place encoding is byte for byte the serde one, across every `bin` header size
+    /// and when the data comes up short.
+    #[test]
+    fn a_write_encoded_in_place_is_the_same_bytes() {
+        let path = RelPath::new("a folder/ünïcode.bin").unwrap();
+        for (len, filled) in [
+            (0, 0),
+            (1, 1),
+            (255, 255),
+            (256, 256),
+            (65_535, 65_535),
+            (65_536, 65_536),
+            (65_536, 300),
+            (70_000, 255),
+        ] {
+            let data: Vec<u8> = (0..filled).map(|i| (i % 251) as u8).collect();
+            let (op, range) = EncodedOp::encode_write(&path, 1 << 40, len, |buf| {
+                buf[..filled].copy_from_slice(&data);
+                Ok(filled)
+            })
+            .unwrap();
+            let expected = EncodedOp::encode(&Operation::Write {
+                path: path.clone(),
+                offset: 1 << 40,
+                data: data.clone(),
+            })
+            .unwrap();
+            assert_eq!(op, expected, "len {len}, filled {filled}");
+            assert_eq!(&op.0[range], &data[..]);
         }
     }
 }
