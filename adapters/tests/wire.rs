@@ -17,7 +17,7 @@ use understudy_adapters::fsops::{
 use understudy_adapters::wire::{
     Codec, Compression, EncodedOp, FrameDecoder, HandshakeConfig, MAX_FRAME_BYTES, Message,
     PROTOCOL_VERSION, Role, Secret, accept_handshake, connect_handshake, decode_payload,
-    encode_frame, read_message, write_message,
+    decode_shared_payload, encode_frame, read_message, write_message,
 };
 use understudy_core::effect::{ScriptResult, ScriptStage};
 use understudy_core::spec::{QueuePolicy, Script};
@@ -142,6 +142,40 @@ fn every_message() -> Vec<Message> {
     ]
 }
 
+/// Operations decoded in place share the frame's buffer; anything after the last one, or
+/// operations not encoded as `bin`, sends the payload down the strict path.
+#[test]
+fn ops_decoded_in_place_are_checked_like_any_other() {
+    let ops = Message::Ops {
+        first_seq: 7,
+        ops: vec![EncodedOp(vec![1, 2, 3].into()), EncodedOp(vec![0xc4; 300].into())],
+    };
+    let payload =
+        bytes::Bytes::from(encode_frame(&ops, Compression::None).unwrap().bytes).slice(4..);
+    let Message::Ops { ops: decoded, .. } = decode_shared_payload(payload.clone()).unwrap() else {
+        panic!("not Ops");
+    };
+    assert!(payload.as_ptr_range().contains(&decoded[1].0.as_ptr()), "shared, not copied");
+    assert_eq!(Message::Ops { first_seq: 7, ops: decoded }, ops);
+
+    let mut trailing = payload.to_vec();
+    trailing.push(0xc0);
+    let error = decode_shared_payload(trailing.into()).unwrap_err().to_string();
+    assert!(error.contains("1 bytes left over"), "{error}");
+
+    // The same operations as arrays of integers, as a lenient peer might send them.
+    #[derive(serde::Serialize)]
+    enum Loose {
+        Ops { first_seq: u64, ops: Vec<Vec<u8>> },
+    }
+    let loose = rmp_serde::to_vec_named(&Loose::Ops {
+        first_seq: 7,
+        ops: vec![vec![1, 2, 3], vec![0xc4; 300]],
+    })
+    .unwrap();
+    assert_eq!(decode_shared_payload(loose.into()).unwrap(), ops);
+}
+
 #[test]
 fn every_message_round_trips_plain_and_compressed() {
     // Compressed itself is made by the encoder; check the list covers every other variant.
@@ -156,6 +190,8 @@ fn every_message_round_trips_plain_and_compressed() {
                 frame.bytes.len() - 4
             );
             assert_eq!(decode_payload(&frame.bytes[4..]).unwrap(), m, "{}", m.kind());
+            let shared = bytes::Bytes::copy_from_slice(&frame.bytes[4..]);
+            assert_eq!(decode_shared_payload(shared).unwrap(), m, "{} (shared)", m.kind());
             stream.extend_from_slice(&frame.bytes);
         }
         assert_eq!(FrameDecoder::new().push(&stream).unwrap(), every_message());

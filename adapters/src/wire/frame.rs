@@ -8,9 +8,10 @@
 
 use std::io::Cursor;
 
+use bytes::Bytes;
 use serde::Deserialize;
 
-use super::message::{Codec, Message};
+use super::message::{Codec, EncodedOp, Message};
 use super::{LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES};
 use crate::error::WireError;
 
@@ -108,7 +109,21 @@ fn encode_prefixed(message: &Message) -> Result<Vec<u8>, WireError> {
 /// Decodes one frame's payload (without its length prefix) into a message, unwrapping
 /// compression. The whole payload must be one message: trailing bytes are an error.
 pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
-    match decode_exact(payload)? {
+    decode(payload, None)
+}
+
+/// [`decode_payload`] for a payload the caller hands over: the operations of an `Ops` message
+/// share its buffer instead of being copied out of it.
+pub fn decode_shared_payload(payload: Bytes) -> Result<Message, WireError> {
+    decode(&payload, Some(&payload))
+}
+
+fn decode(payload: &[u8], shared: Option<&Bytes>) -> Result<Message, WireError> {
+    let outer = match shared.and_then(shared_ops) {
+        Some(ops) => ops,
+        None => decode_exact(payload)?,
+    };
+    match outer {
         Message::Compressed { codec: Codec::Zstd, raw_len, bytes } => {
             if raw_len > MAX_FRAME_BYTES {
                 return Err(WireError::Compression {
@@ -126,7 +141,12 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
                     reason: format!("it announced {raw_len} bytes and held {}", raw.len()),
                 });
             }
-            match decode_exact(&raw)? {
+            let raw = Bytes::from(raw);
+            let inner = match shared_ops(&raw) {
+                Some(ops) => ops,
+                None => decode_exact(&raw)?,
+            };
+            match inner {
                 Message::Compressed { .. } => Err(WireError::Compression {
                     reason: "a compressed frame inside a compressed frame".into(),
                 }),
@@ -135,6 +155,34 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
         }
         message => Ok(message),
     }
+}
+
+/// An `Ops` message decoded with each operation a slice of `payload`, or `None` when the
+/// payload is not one in the form this crate encodes (the caller then decodes it the strict
+/// way, which also says what is wrong with it).
+fn shared_ops(payload: &Bytes) -> Option<Message> {
+    /// `Message::Ops` with its operations borrowed.
+    #[derive(Deserialize)]
+    enum OpsView<'a> {
+        Ops {
+            first_seq: u64,
+            #[serde(borrow)]
+            ops: Vec<&'a [u8]>,
+        },
+    }
+    // A one-entry map keyed "Ops", as `rmp_serde` encodes the variant.
+    if !payload.starts_with(b"\x81\xa3Ops") {
+        return None;
+    }
+    let mut de = rmp_serde::Deserializer::from_read_ref(&payload[..]);
+    de.set_max_depth(MAX_DEPTH);
+    let OpsView::Ops { first_seq, ops } = OpsView::deserialize(&mut de).ok()?;
+    // Nothing may follow the last operation: no trailing bytes, no fields after it.
+    if ops.last()?.as_ptr_range().end != payload.as_ptr_range().end {
+        return None;
+    }
+    let ops = ops.into_iter().map(|op| EncodedOp(payload.slice_ref(op))).collect();
+    Some(Message::Ops { first_seq, ops })
 }
 
 fn decode_exact(payload: &[u8]) -> Result<Message, WireError> {

@@ -2,7 +2,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::frame::{Compression, EncodedFrame, decode_payload, encode_frame};
+use super::frame::{Compression, EncodedFrame, decode_shared_payload, encode_frame};
 use super::message::Message;
 use super::{LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES};
 use crate::error::WireError;
@@ -45,7 +45,7 @@ pub async fn read_message<R: AsyncRead + Unpin + ?Sized>(
     if read != len as usize {
         return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    decode_payload(&payload)
+    decode_shared_payload(payload.into())
 }
 
 /// Encodes, writes and flushes one message; returns the frame's sizes for the statistics.

@@ -21,7 +21,9 @@ pub mod io;
 pub mod message;
 
 pub use auth::{HandshakeConfig, Peer, Secret, accept_handshake, connect_handshake};
-pub use frame::{Compression, EncodedFrame, FrameDecoder, decode_payload, encode_frame};
+pub use frame::{
+    Compression, EncodedFrame, FrameDecoder, decode_payload, decode_shared_payload, encode_frame,
+};
 pub use io::{FrameStats, read_message, write_message};
 pub use message::{Codec, EncodedOp, Message, Role};
 
