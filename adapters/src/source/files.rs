@@ -10,6 +10,9 @@ use super::pipe::{Exhausted, Pipe, Producer, Shadow};
 use crate::fsops::{BLOCK_SIZE, BlockHash, Meta, Operation, RelPath, data_ranges, read_at};
 use crate::wire::EncodedOp;
 
+/// Blocks of a file queued between two wake-ups of the sender (512 KiB).
+const BLOCKS_PER_WAKE: u32 = 8;
+
 /// What sending a file did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileSent {
@@ -93,6 +96,7 @@ pub fn send_file(
     let mut hashes: Vec<BlockHash> =
         Vec::with_capacity(usize::try_from(size / block + 1).unwrap_or(0));
     let mut hashes_complete = !sparse || target.is_some();
+    let mut unannounced = 0;
 
     let mut first: Option<Operation> = match target {
         None => Some(Operation::CreateFile { path: path.clone(), meta }),
@@ -129,7 +133,13 @@ pub fn send_file(
                     return Err(SendError::Interrupted);
                 }
                 pipe.lock().enqueue_write(first.take(), write, data_len, producer)?;
-                pipe.notify();
+                // The sender is woken for every few blocks and at the end of the file, not
+                // for each block: a wake-up per 64 KiB costs more than the block.
+                unannounced += 1;
+                if unannounced == BLOCKS_PER_WAKE {
+                    pipe.notify();
+                    unannounced = 0;
+                }
                 sent.bytes_sent += data_len;
                 sent.changed = true;
             }
