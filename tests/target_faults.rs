@@ -243,8 +243,12 @@ fn operations_escaping_the_target_root_through_a_symlink_are_refused() {
 
     let hostile = vec![
         Operation::CreateFile { path: rel("evil/pwned"), meta: file_meta() },
-        Operation::Write { path: rel("evil/pwned"), offset: 0, data: b"pwned".to_vec() },
-        Operation::Write { path: rel("evil/precious.txt"), offset: 0, data: b"PWNED".to_vec() },
+        Operation::Write { path: rel("evil/pwned"), offset: 0, data: b"pwned".to_vec().into() },
+        Operation::Write {
+            path: rel("evil/precious.txt"),
+            offset: 0,
+            data: b"PWNED".to_vec().into(),
+        },
         Operation::Truncate { path: rel("evil/precious.txt"), len: 0 },
         Operation::MakeDir {
             path: rel("evil/newdir"),
@@ -261,7 +265,7 @@ fn operations_escaping_the_target_root_through_a_symlink_are_refused() {
     ];
     let legit = vec![
         Operation::CreateFile { path: rel("legit.txt"), meta: file_meta() },
-        Operation::Write { path: rel("legit.txt"), offset: 0, data: b"legit".to_vec() },
+        Operation::Write { path: rel("legit.txt"), offset: 0, data: b"legit".to_vec().into() },
     ];
     let hostile_count = hostile.len() as u64;
     let all: Vec<EncodedOp> =

@@ -222,7 +222,11 @@ fn mirror(source: &Path, target: &mut TargetRoot) {
                     while at < r.end {
                         let n = (r.end - at).min(u64::from(BLOCK_SIZE));
                         let data = read(&f, at, n as usize);
-                        ops.push(Operation::Write { path: e.path.clone(), offset: at, data });
+                        ops.push(Operation::Write {
+                            path: e.path.clone(),
+                            offset: at,
+                            data: data.into(),
+                        });
                         at += n;
                     }
                 }

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers should panic on anything unexpected
 
+use bytes::Bytes;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -148,7 +149,11 @@ fn a_symlink_planted_as_an_intermediate_directory_is_refused_for_every_operation
                 Operation::MakeDir { path: t(&unique), meta: meta(0o755) },
                 Operation::CreateFile { path: t(&unique), meta: meta(0o644) },
                 Operation::CreateFile { path: t("secret"), meta: meta(0o644) },
-                Operation::Write { path: t("secret"), offset: 0, data: b"pwned".to_vec() },
+                Operation::Write {
+                    path: t("secret"),
+                    offset: 0,
+                    data: Bytes::from_static(b"pwned"),
+                },
                 Operation::Truncate { path: t("secret"), len: 0 },
                 Operation::PunchHole { path: t("secret"), offset: 0, len: 4 },
                 Operation::SetMeta { path: t("secret"), meta: meta(0o777) },
@@ -187,7 +192,7 @@ fn a_symlink_as_the_final_component_is_never_followed() {
         let before = snapshot(&w.outside);
         let mut root = TargetRoot::open_with(&w.root, resolution).unwrap();
         for op in [
-            Operation::Write { path: p("link"), offset: 0, data: b"pwned".to_vec() },
+            Operation::Write { path: p("link"), offset: 0, data: Bytes::from_static(b"pwned") },
             Operation::CreateFile { path: p("link"), meta: meta(0o666) },
             Operation::Truncate { path: p("link"), len: 0 },
             Operation::PunchHole { path: p("link"), offset: 0, len: 4 },
@@ -225,11 +230,15 @@ fn every_operation_round_trips() {
         root.apply(&Operation::Write {
             path: p("a/b/file"),
             offset: 0,
-            data: b"hello world".to_vec(),
+            data: Bytes::from_static(b"hello world"),
         })
         .unwrap();
-        root.apply(&Operation::Write { path: p("a/b/file"), offset: 6, data: b"there".to_vec() })
-            .unwrap();
+        root.apply(&Operation::Write {
+            path: p("a/b/file"),
+            offset: 6,
+            data: Bytes::from_static(b"there"),
+        })
+        .unwrap();
         assert_eq!(fs::read(r.join("a/b/file")).unwrap(), b"hello there");
         root.apply(&Operation::Truncate { path: p("a/b/file"), len: 5 }).unwrap();
         assert_eq!(fs::read(r.join("a/b/file")).unwrap(), b"hello");
@@ -298,8 +307,12 @@ fn every_operation_round_trips() {
         );
         assert_eq!(i1, i2);
         // Re-creating one name gives it a new inode and leaves the other's data alone.
-        root.apply(&Operation::Write { path: p("hard"), offset: 0, data: b"shared".to_vec() })
-            .unwrap();
+        root.apply(&Operation::Write {
+            path: p("hard"),
+            offset: 0,
+            data: Bytes::from_static(b"shared"),
+        })
+        .unwrap();
         root.apply(&Operation::CreateFile { path: p("a/b/file"), meta: owned_meta(0o600) })
             .unwrap();
         assert_eq!(fs::read(r.join("hard")).unwrap(), b"shared");
@@ -338,7 +351,7 @@ fn every_operation_round_trips() {
 
         // Writes to what is missing are a (temporary) race, not a silent create.
         let err = root
-            .apply(&Operation::Write { path: p("gone"), offset: 0, data: vec![1] })
+            .apply(&Operation::Write { path: p("gone"), offset: 0, data: vec![1].into() })
             .unwrap_err();
         assert!(matches!(err, ApplyError::Missing { .. }));
         assert_eq!(err.retry(), Retry::Temporary);
@@ -379,8 +392,12 @@ fn sparse_files_keep_their_holes() {
         let f = p("sparse");
         root.apply(&Operation::CreateFile { path: f.clone(), meta: owned_meta(0o644) }).unwrap();
         root.apply(&Operation::Truncate { path: f.clone(), len: 64 << 20 }).unwrap();
-        root.apply(&Operation::Write { path: f.clone(), offset: 32 << 20, data: vec![7; 4096] })
-            .unwrap();
+        root.apply(&Operation::Write {
+            path: f.clone(),
+            offset: 32 << 20,
+            data: vec![7; 4096].into(),
+        })
+        .unwrap();
         root.sync().unwrap();
         let m = fs::metadata(w.root.join("sparse")).unwrap();
         assert_eq!(m.len(), 64 << 20);
@@ -389,8 +406,12 @@ fn sparse_files_keep_their_holes() {
 
         // Punching a hole into written data deallocates it and reads back as zeros.
         root.apply(&Operation::CreateFile { path: p("dense"), meta: owned_meta(0o644) }).unwrap();
-        root.apply(&Operation::Write { path: p("dense"), offset: 0, data: vec![9; 4 << 20] })
-            .unwrap();
+        root.apply(&Operation::Write {
+            path: p("dense"),
+            offset: 0,
+            data: vec![9; 4 << 20].into(),
+        })
+        .unwrap();
         root.sync().unwrap();
         let before = fs::metadata(w.root.join("dense")).unwrap().blocks();
         root.apply(&Operation::PunchHole { path: p("dense"), offset: 1 << 20, len: 2 << 20 })
@@ -412,8 +433,12 @@ fn names_need_not_be_utf8() {
     let dir = RelPath::new(b"d\xe9j\xe0".to_vec()).unwrap();
     let file = dir.join(b"\xff\xfe name \x01").unwrap();
     root.apply(&Operation::CreateFile { path: file.clone(), meta: owned_meta(0o644) }).unwrap();
-    root.apply(&Operation::Write { path: file.clone(), offset: 0, data: b"bytes".to_vec() })
-        .unwrap();
+    root.apply(&Operation::Write {
+        path: file.clone(),
+        offset: 0,
+        data: Bytes::from_static(b"bytes"),
+    })
+    .unwrap();
     let local = w.root.join(std::ffi::OsStr::from_bytes(b"d\xe9j\xe0/\xff\xfe name \x01"));
     assert_eq!(fs::read(local).unwrap(), b"bytes");
     let listed = root.list_dir(&dir).unwrap();
@@ -442,8 +467,9 @@ fn conflicts_and_invalid_operations_are_classified() {
     assert!(matches!(err, ApplyError::Conflict { .. }), "{err}");
     // A directory where a file is needed.
     root.apply(&Operation::MakeDir { path: p("dir"), meta: owned_meta(0o755) }).unwrap();
-    let err =
-        root.apply(&Operation::Write { path: p("dir"), offset: 0, data: vec![1] }).unwrap_err();
+    let err = root
+        .apply(&Operation::Write { path: p("dir"), offset: 0, data: vec![1].into() })
+        .unwrap_err();
     assert!(matches!(err, ApplyError::Conflict { .. }), "{err}");
     let err = root.apply(&Operation::Symlink { path: p("s"), target: Vec::new() }).unwrap_err();
     assert_eq!(err.retry(), Retry::Permanent);
@@ -468,7 +494,7 @@ fn a_full_disk_is_persistent() {
     let fill = |dir: &Path| -> Result<Applied, ApplyError> {
         let mut root = TargetRoot::open(dir)?;
         root.apply(&Operation::CreateFile { path: p("big"), meta: owned_meta(0o644) })?;
-        root.apply(&Operation::Write { path: p("big"), offset: 0, data: vec![1; 1 << 20] })
+        root.apply(&Operation::Write { path: p("big"), offset: 0, data: vec![1; 1 << 20].into() })
     };
     let result = fill(dir.path());
     let _ = std::process::Command::new("umount").arg(dir.path()).status();

@@ -206,7 +206,7 @@ fn compression_shrinks_what_it_can_and_is_transparent() {
             EncodedOp::encode(&Operation::Write {
                 path: p("f"),
                 offset: 0,
-                data: vec![b'a'; 1 << 20],
+                data: vec![b'a'; 1 << 20].into(),
             })
             .unwrap(),
         ],
@@ -299,7 +299,12 @@ fn arb_message() -> impl Strategy<Value = Message> {
             Message::Ops { .. } => Message::Ops {
                 first_seq: n,
                 ops: vec![
-                    EncodedOp::encode(&Operation::Write { path: p("x"), offset: n, data }).unwrap(),
+                    EncodedOp::encode(&Operation::Write {
+                        path: p("x"),
+                        offset: n,
+                        data: data.into(),
+                    })
+                    .unwrap(),
                 ],
             },
             Message::Ack { .. } => Message::Ack { seq: n },

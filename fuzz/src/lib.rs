@@ -424,7 +424,7 @@ fn hello(version: u32) -> Message {
 pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     use understudy_adapters::fsops::{Operation, RelPath};
     let path = RelPath::new("dir/file").expect("a valid path");
-    let write = Operation::Write { path: path.clone(), offset: 4096, data: b"abc".repeat(100) };
+    let write = Operation::Write { path: path.clone(), offset: 4096, data: b"abc".repeat(100).into() };
     let ops = Message::Ops {
         first_seq: 7,
         ops: vec![

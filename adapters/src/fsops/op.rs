@@ -4,6 +4,7 @@
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::RelPath;
@@ -218,9 +219,9 @@ pub enum Operation {
         path: RelPath,
         /// Byte offset.
         offset: u64,
-        /// The bytes.
-        #[serde(with = "crate::bytes_serde")]
-        data: Vec<u8>,
+        /// The bytes (decoded from an [`EncodedOp`](crate::wire::EncodedOp), a slice of it).
+        #[serde(with = "crate::bytes_serde::shared")]
+        data: Bytes,
     },
     /// Set a regular file's length (extending makes a hole).
     Truncate {
@@ -357,7 +358,7 @@ mod tests {
     fn encoded_len_bound_holds() {
         let path = RelPath::new("a/b/c").unwrap();
         let ops = [
-            Operation::Write { path: path.clone(), offset: u64::MAX, data: vec![7; 1000] },
+            Operation::Write { path: path.clone(), offset: u64::MAX, data: vec![7; 1000].into() },
             Operation::SetMeta {
                 path: path.clone(),
                 meta: Meta {

@@ -53,7 +53,7 @@ impl EncodedOp {
         let head = |len: usize| {
             // The data is the last field: the encoding of the same write without data, whose
             // last two bytes are the empty `bin 8` header, then the header for `len` bytes.
-            let empty = Operation::Write { path: path.clone(), offset, data: Vec::new() };
+            let empty = Operation::Write { path: path.clone(), offset, data: Bytes::new() };
             let mut bytes = Vec::with_capacity(path.as_bytes().len() + 48 + len);
             rmp_serde::encode::write_named(&mut bytes, &empty)
                 .map_err(|e| std::io::Error::other(format!("encoding a write: {e}")))?;
@@ -94,8 +94,37 @@ impl EncodedOp {
     ///
     /// The bytes are not an operation (a malformed frame from the peer).
     pub fn decode(&self) -> Result<Operation, WireError> {
+        if let Some(write) = self.shared_write() {
+            return Ok(write);
+        }
         rmp_serde::from_slice(&self.0)
             .map_err(|e| WireError::Malformed { reason: format!("operation: {e}") })
+    }
+
+    /// A `Write` decoded with its data a slice of this operation's buffer, not a copy; `None`
+    /// for anything else, or a write not in the form this crate encodes, which `decode` then
+    /// decodes the usual way.
+    fn shared_write(&self) -> Option<Operation> {
+        /// `Operation::Write` with its data borrowed.
+        #[derive(Deserialize)]
+        enum WriteView<'a> {
+            Write {
+                path: RelPath,
+                offset: u64,
+                #[serde(borrow)]
+                data: &'a [u8],
+            },
+        }
+        // A one-entry map keyed "Write", as `rmp_serde` encodes the variant.
+        if !self.0.starts_with(b"\x81\xa5Write") {
+            return None;
+        }
+        let WriteView::Write { path, offset, data } = rmp_serde::from_slice(&self.0).ok()?;
+        // The data is the last thing in the operation (nothing after it is ignored unseen).
+        if data.as_ptr_range().end != self.0.as_ptr_range().end {
+            return None;
+        }
+        Some(Operation::Write { path, offset, data: self.0.slice_ref(data) })
     }
 
     /// Encoded size.
@@ -419,7 +448,7 @@ mod tests {
             (65_536, 300),
             (70_000, 255),
         ] {
-            let data: Vec<u8> = (0..filled).map(|i| (i % 251) as u8).collect();
+            let data: Bytes = (0..filled).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
             let (op, range) = EncodedOp::encode_write(&path, 1 << 40, len, |buf| {
                 buf[..filled].copy_from_slice(&data);
                 Ok(filled)
@@ -433,6 +462,10 @@ mod tests {
             .unwrap();
             assert_eq!(op, expected, "len {len}, filled {filled}");
             assert_eq!(&op.0[range], &data[..]);
+            assert_eq!(
+                op.decode().unwrap(),
+                Operation::Write { path: path.clone(), offset: 1 << 40, data }
+            );
         }
     }
 }
