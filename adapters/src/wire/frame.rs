@@ -119,11 +119,7 @@ pub fn decode_shared_payload(payload: Bytes) -> Result<Message, WireError> {
 }
 
 fn decode(payload: &[u8], shared: Option<&Bytes>) -> Result<Message, WireError> {
-    let outer = match shared.and_then(shared_ops) {
-        Some(ops) => ops,
-        None => decode_exact(payload)?,
-    };
-    match outer {
+    match decode_one(payload, shared)? {
         Message::Compressed { codec: Codec::Zstd, raw_len, bytes } => {
             if raw_len > MAX_FRAME_BYTES {
                 return Err(WireError::Compression {
@@ -142,11 +138,7 @@ fn decode(payload: &[u8], shared: Option<&Bytes>) -> Result<Message, WireError> 
                 });
             }
             let raw = Bytes::from(raw);
-            let inner = match shared_ops(&raw) {
-                Some(ops) => ops,
-                None => decode_exact(&raw)?,
-            };
-            match inner {
+            match decode_one(&raw, Some(&raw))? {
                 Message::Compressed { .. } => Err(WireError::Compression {
                     reason: "a compressed frame inside a compressed frame".into(),
                 }),
@@ -154,6 +146,14 @@ fn decode(payload: &[u8], shared: Option<&Bytes>) -> Result<Message, WireError> 
             }
         }
         message => Ok(message),
+    }
+}
+
+/// One message, in place when it is `Ops` and the payload is `shared`.
+fn decode_one(payload: &[u8], shared: Option<&Bytes>) -> Result<Message, WireError> {
+    match shared.and_then(shared_ops) {
+        Some(ops) => Ok(ops),
+        None => decode_exact(payload),
     }
 }
 
