@@ -148,13 +148,5 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
-    // Reading our own /proc entry avoids a libc dependency for one getuid().
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    rustix::process::getuid().is_root()
 }

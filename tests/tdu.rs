@@ -547,14 +547,7 @@ fn mirror_forecast_is_honest() {
     });
     let actual = seconds_between(&doc["mirror_started_at"], &doc["mirror_ended_at"]);
     assert_eq!(doc["bytes_mirrored"], report["mirror"]["bytes"], "the same tree: {doc}");
-    let ratio = actual / forecast;
-    eprintln!(
-        "mirror at {limit}/s: forecast {forecast:.2} s, actual {actual:.2} s, ratio {ratio:.3}"
-    );
-    assert!(
-        (0.85..=1.15).contains(&ratio),
-        "the mirror took {actual:.2} s, the TDU forecast {forecast:.2} s (ratio {ratio:.3})"
-    );
+    assert_honest(&format!("mirror seconds at {limit}/s"), actual, forecast, 0.85..=1.15, "");
     support::wait_equal(&source, &target, LONG, Some(&daemon));
 }
 
@@ -673,13 +666,28 @@ fn replication_forecast_is_honest() {
     let written = writer.join().unwrap();
     #[allow(clippy::cast_precision_loss)]
     let (observed, written) = (high_water as f64, written as f64);
-    let ratio = observed / projected;
-    eprintln!(
-        "replication at {limit} B/s: {written} B replayed, queue high-water forecast {projected} B, observed {observed} B, ratio {ratio:.3}"
+    assert_honest(
+        &format!("queue high-water bytes at {limit} B/s"),
+        observed,
+        projected,
+        0.8..=1.2,
+        &format!("{written} B replayed; samples (s, bytes): {samples:?}"),
     );
+}
+
+/// Prints and checks a measurement against the TDU's forecast of it.
+fn assert_honest(
+    what: &str,
+    actual: f64,
+    forecast: f64,
+    within: std::ops::RangeInclusive<f64>,
+    detail: &str,
+) {
+    let ratio = actual / forecast;
+    eprintln!("{what}: forecast {forecast:.2}, actual {actual:.2}, ratio {ratio:.3} {detail}");
     assert!(
-        (0.8..=1.2).contains(&ratio),
-        "queue high-water mark: observed {observed} B, forecast {projected} B (ratio {ratio:.3}); samples (s, bytes): {samples:?}"
+        within.contains(&ratio),
+        "{what}: actual {actual:.2}, forecast {forecast:.2}, ratio {ratio:.3} outside {within:?} {detail}"
     );
 }
 

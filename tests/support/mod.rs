@@ -102,14 +102,7 @@ pub fn bad_input(out: &Out) -> String {
 
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    rustix::process::getuid().is_root()
 }
 
 /// A `Command` for the binary with no `UNDERSTUDY_*` variables or `RUST_LOG` inherited.

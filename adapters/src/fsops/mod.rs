@@ -21,6 +21,7 @@ pub use op::{Applied, Entry, EntryKind, Meta, Operation, SpecialKind};
 pub use path::RelPath;
 pub use source::{
     AttrComparison, BLOCK_SIZE, BlockDiff, BlockHash, BlockHashes, Scan, block_hashes,
-    block_hashes_range, compare_attributes, data_ranges, diff_blocks, diff_hashes, read_at, scan,
+    block_hashes_range, compare_attributes, data_ranges, diff_blocks, diff_hashes, list_folder,
+    read_at, scan,
 };
 pub use target::{Resolution, TargetRoot};

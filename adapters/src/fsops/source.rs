@@ -32,7 +32,32 @@ pub const BLOCK_SIZE: u32 = 64 * 1024;
 ///
 /// Memory: one sorted list of names per directory on the current path.
 pub fn scan(root: impl AsRef<Path>) -> Scan {
-    Scan { root: root.as_ref().to_path_buf(), started: false, expand: None, stack: Vec::new() }
+    Scan {
+        root: root.as_ref().to_path_buf(),
+        started: false,
+        expand: None,
+        stack: Vec::new(),
+        descend: true,
+    }
+}
+
+/// The entries of one folder of the tree at `root`, as [`scan`] yields them (sorted, paths
+/// relative to `root`) but without the folder itself and without descending: a walk that
+/// visits folders one at a time stats each entry once.
+///
+/// # Errors
+///
+/// The folder cannot be listed.
+pub fn list_folder(root: impl AsRef<Path>, folder: RelPath) -> Result<Scan, SourceError> {
+    let mut listing = Scan {
+        root: root.as_ref().to_path_buf(),
+        started: true,
+        expand: None,
+        stack: Vec::new(),
+        descend: false,
+    };
+    listing.open_dir(folder)?;
+    Ok(listing)
 }
 
 /// The iterator returned by [`scan`].
@@ -44,6 +69,8 @@ pub struct Scan {
     expand: Option<RelPath>,
     /// Per open directory: its path and its remaining names, in reverse order (pop is next).
     stack: Vec<(RelPath, Vec<Vec<u8>>)>,
+    /// Whether a directory's contents follow it ([`list_folder`] does not descend).
+    descend: bool,
 }
 
 impl Scan {
@@ -125,6 +152,7 @@ impl Iterator for Scan {
             let entry = self.entry(path);
             if let Ok(e) = &entry
                 && e.kind == EntryKind::Dir
+                && self.descend
             {
                 self.expand = Some(e.path.clone());
             }

@@ -37,7 +37,8 @@ use super::files::{FileSent, SendError, TargetFile, send_file};
 use super::link::Link;
 use super::pipe::{Pipe, Producer, Shadow};
 use crate::fsops::{
-    BLOCK_SIZE, BlockHash, Entry, EntryKind, Operation, RelPath, compare_attributes, scan,
+    BLOCK_SIZE, BlockHash, Entry, EntryKind, Operation, RelPath, compare_attributes, list_folder,
+    scan,
 };
 use crate::wire::{MAX_HASHES_PER_REPLY, Message};
 
@@ -332,40 +333,32 @@ impl Run<'_> {
     /// The next folder of the walk with its entries, or `None` at the end. `pending` holds
     /// the folders still to visit, the next one last.
     fn next_folder(&mut self, pending: &mut Vec<RelPath>) -> Result<Option<Folder>, RunError> {
-        let Some(path) = pending.pop() else { return Ok(None) };
-        let mut walker = scan(path.to_local(&self.pipe.root));
+        let (path, listing) = loop {
+            let Some(path) = pending.pop() else { return Ok(None) };
+            match list_folder(&self.pipe.root, path.clone()) {
+                Ok(listing) => break (path, listing),
+                Err(error) if path.is_root() => return Err(RunError::Source(error.to_string())),
+                // Skipped whole: compared as empty, its copy on the target would look orphaned.
+                Err(error) => self.skip(error.to_string(), "cannot be read"),
+            }
+        };
         let mut children = Vec::new();
         let mut subfolders = Vec::new();
-        let mut first = true;
-        while let Some(item) = walker.next() {
+        for item in listing {
             let entry = match item {
                 Ok(entry) => entry,
-                Err(error) if first && path.is_root() => {
-                    return Err(RunError::Source(error.to_string()));
-                }
                 Err(error) => {
                     self.skip(error.to_string(), "cannot be read");
-                    first = false;
                     continue;
                 }
             };
-            if first {
-                // The folder itself (sent as an entry of its parent).
-                first = false;
-                continue;
-            }
-            // Only this folder's own entries: its subfolders are visited in turn.
-            if entry.kind == EntryKind::Dir {
-                walker.skip_dir();
-            }
-            let Ok(full) = path.join(entry.path.as_bytes()) else { continue };
-            if self.pipe.excluded(&full) {
+            if self.pipe.excluded(&entry.path) {
                 continue;
             }
             if entry.kind == EntryKind::Dir {
-                subfolders.push(full.clone());
+                subfolders.push(entry.path.clone());
             }
-            children.push(Entry { path: full, ..entry });
+            children.push(entry);
             self.check()?;
         }
         // Sorted by name, so the smallest is visited next: the scan's depth-first order.

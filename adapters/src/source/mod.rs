@@ -160,24 +160,28 @@ impl SourceContext {
 
     /// The limiter of the jobs to `address` (the seeds share bandwidth per source → target).
     fn limiter(&self, address: &str, limit: &BandwidthLimit) -> Arc<Limiter> {
-        let mut limiters = self.limiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let limiter = limiters
-            .entry(address.to_string())
-            .or_insert_with(|| Arc::new(Limiter::new(limit.clone())));
+        let limiter = per_target(&self.limiters, address, || Limiter::new(limit.clone()));
         limiter.set(limit.clone());
-        Arc::clone(limiter)
+        limiter
     }
 
     /// The compression of the jobs to `address`, set to `level` (the seeds share it per
     /// source → target, as bandwidth: the job that connected or changed it last sets it).
     fn compression(&self, address: &str, level: Compression) -> Arc<Mutex<Compression>> {
-        let mut shared =
-            self.compressions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let compression =
-            shared.entry(address.to_string()).or_insert_with(|| Arc::new(Mutex::new(level)));
+        let compression = per_target(&self.compressions, address, || Mutex::new(level));
         *compression.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = level;
-        Arc::clone(compression)
+        compression
     }
+}
+
+/// The setting the jobs to `address` share, made by `make` for the first of them.
+fn per_target<T>(
+    shared: &Mutex<BTreeMap<String, Arc<T>>>,
+    address: &str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let mut shared = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(shared.entry(address.to_string()).or_insert_with(|| Arc::new(make())))
 }
 
 /// The queue limits of a spec.
