@@ -30,7 +30,7 @@ pub const BLOCK_SIZE: u32 = 64 * 1024;
 /// yielded as items and the walk goes on; an unreadable directory's contents are skipped.
 /// Hard links are recognised by the caller from `(dev, ino)` of entries with `nlink > 1`.
 ///
-/// Memory: one sorted list of names per directory on the current path.
+/// Memory: one sorted list of names and attributes per directory on the current path.
 pub fn scan(root: impl AsRef<Path>) -> Scan {
     Scan {
         root: root.as_ref().to_path_buf(),
@@ -67,11 +67,15 @@ pub struct Scan {
     started: bool,
     /// The directory yielded last, whose contents come next unless skipped.
     expand: Option<RelPath>,
-    /// Per open directory: its path and its remaining names, in reverse order (pop is next).
-    stack: Vec<(RelPath, Vec<Vec<u8>>)>,
+    /// Per open directory: its path and its remaining entries (name and attributes), in
+    /// reverse order (pop is next).
+    stack: Vec<(RelPath, Vec<Listed>)>,
     /// Whether a directory's contents follow it ([`list_folder`] does not descend).
     descend: bool,
 }
+
+/// A name read from a directory and its attributes, read relative to the open directory.
+type Listed = (Vec<u8>, io::Result<fs::Metadata>);
 
 impl Scan {
     /// Skips the contents of the directory just yielded (for exclusions). Does nothing if the
@@ -80,11 +84,11 @@ impl Scan {
         self.expand = None;
     }
 
-    fn entry(&self, path: RelPath) -> Result<Entry, SourceError> {
-        let local = path.to_local(&self.root);
-        let meta = fs::symlink_metadata(&local)
-            .map_err(|e| SourceError::from_io("reading its attributes", local.clone(), e))?;
+    fn entry(&self, path: RelPath, meta: io::Result<fs::Metadata>) -> Result<Entry, SourceError> {
+        let local = || path.to_local(&self.root);
+        let meta = meta.map_err(|e| SourceError::from_io("reading its attributes", local(), e))?;
         let link_target = if meta.file_type().is_symlink() {
+            let local = local();
             let t = fs::read_link(&local)
                 .map_err(|e| SourceError::from_io("reading the symlink", local.clone(), e))?;
             Some(t.into_os_string().into_vec())
@@ -102,10 +106,12 @@ impl Scan {
         for entry in read {
             let entry =
                 entry.map_err(|e| SourceError::from_io("listing the folder", local.clone(), e))?;
-            names.push(entry.file_name().as_bytes().to_vec());
+            // `DirEntry::metadata` stats relative to the open directory (no walk of the whole
+            // path per entry) and does not follow symlinks.
+            names.push((entry.file_name().as_bytes().to_vec(), entry.metadata()));
         }
         // Reverse order, so that popping from the end yields ascending names.
-        names.sort_unstable_by(|a, b| b.cmp(a));
+        names.sort_unstable_by(|a, b| b.0.cmp(&a.0));
         self.stack.push((dir, names));
         Ok(())
     }
@@ -117,7 +123,7 @@ impl Iterator for Scan {
     fn next(&mut self) -> Option<Self::Item> {
         if !self.started {
             self.started = true;
-            return Some(match self.entry(RelPath::root()) {
+            return Some(match self.entry(RelPath::root(), fs::symlink_metadata(&self.root)) {
                 Ok(e) if e.kind == EntryKind::Dir => {
                     self.expand = Some(RelPath::root());
                     Ok(e)
@@ -133,7 +139,7 @@ impl Iterator for Scan {
         }
         loop {
             let (dir, names) = self.stack.last_mut()?;
-            let Some(name) = names.pop() else {
+            let Some((name, meta)) = names.pop() else {
                 self.stack.pop();
                 continue;
             };
@@ -149,7 +155,7 @@ impl Iterator for Scan {
                     }));
                 }
             };
-            let entry = self.entry(path);
+            let entry = self.entry(path, meta);
             if let Ok(e) = &entry
                 && e.kind == EntryKind::Dir
                 && self.descend
