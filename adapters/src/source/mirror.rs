@@ -7,7 +7,7 @@
 //! "calculate size" a counting walk that keeps nothing runs alongside on its own thread, and
 //! the job shows Calculating until it reports.
 //! Each folder's target listing is asked for ahead of time, a few folders at once, so a long
-//! round trip costs little. Comparison by the job's mirror option:
+//! round trip costs little; a folder found missing on the target is not asked about at all. Comparison by the job's mirror option:
 //! - send everything: every file is sent whole;
 //! - attributes, whole file: files whose size or mtime differ are sent whole;
 //! - attributes, differences: files whose size or mtime differ are diffed block by block
@@ -182,6 +182,10 @@ struct Run<'a> {
     orphans: (u64, u64, u64),
     orphan_lines: String,
     verify_lines: String,
+    /// Folders found missing on the target and not compared yet: nothing can be in them, so
+    /// their listing is not asked for (an initial mirror makes no round trip per folder). An
+    /// entry goes when its folder is compared.
+    missing_on_target: BTreeSet<RelPath>,
     /// The counting walk's answer (bytes, files), while it runs.
     sizing: Option<std::sync::mpsc::Receiver<(u64, u64)>>,
 }
@@ -216,6 +220,7 @@ pub fn run(
         orphans: (0, 0, 0),
         orphan_lines: String::new(),
         verify_lines: String::new(),
+        missing_on_target: BTreeSet::new(),
         sizing: None,
     };
     run.calculate_size();
@@ -246,6 +251,8 @@ pub fn run(
 struct Folder {
     path: RelPath,
     children: Vec<Entry>,
+    /// Known to be missing on the target (its parent's listing did not have it).
+    missing_on_target: bool,
 }
 
 impl Run<'_> {
@@ -339,7 +346,10 @@ impl Run<'_> {
                 Ok(listing) => break (path, listing),
                 Err(error) if path.is_root() => return Err(RunError::Source(error.to_string())),
                 // Skipped whole: compared as empty, its copy on the target would look orphaned.
-                Err(error) => self.skip(error.to_string(), "cannot be read"),
+                Err(error) => {
+                    self.missing_on_target.remove(&path);
+                    self.skip(error.to_string(), "cannot be read");
+                }
             }
         };
         let mut children = Vec::new();
@@ -363,7 +373,8 @@ impl Run<'_> {
         }
         // Sorted by name, so the smallest is visited next: the scan's depth-first order.
         pending.extend(subfolders.into_iter().rev());
-        Ok(Some(Folder { path, children }))
+        let missing_on_target = self.missing_on_target.contains(&path);
+        Ok(Some(Folder { path, children, missing_on_target }))
     }
 
     fn listing(&self, path: &RelPath) -> JoinHandle<Result<Message, String>> {
@@ -376,32 +387,37 @@ impl Run<'_> {
 
     /// Compares every folder of the walk; returns the folders' paths in walk order.
     fn compare_all(&mut self) -> Result<Vec<RelPath>, RunError> {
-        let mut ahead: VecDeque<(Folder, JoinHandle<Result<Message, String>>)> = VecDeque::new();
+        type Listing = Option<JoinHandle<Result<Message, String>>>;
+        let mut ahead: VecDeque<(Folder, Listing)> = VecDeque::new();
         let mut pending = vec![RelPath::root()];
         let mut visited = Vec::new();
         loop {
             while ahead.len() < LISTING_PREFETCH {
                 let Some(folder) = self.next_folder(&mut pending)? else { break };
-                let listing = self.listing(&folder.path);
+                let listing = (!folder.missing_on_target).then(|| self.listing(&folder.path));
                 ahead.push_back((folder, listing));
             }
             let Some((folder, listing)) = ahead.pop_front() else { break };
-            let target = match self.rt.block_on(listing) {
-                Ok(Ok(Message::ListDir { entries, .. })) => entries,
-                Ok(Ok(Message::QueryFailed { error, .. })) => {
+            // Its parent, compared before it, may have found it missing after it was listed.
+            self.missing_on_target.remove(&folder.path);
+            let target = match listing.map(|listing| self.rt.block_on(listing)) {
+                // Missing on the target, so empty there.
+                None => Vec::new(),
+                Some(Ok(Ok(Message::ListDir { entries, .. }))) => entries,
+                Some(Ok(Ok(Message::QueryFailed { error, .. }))) => {
                     // The folder is not a folder on the target (or cannot be listed): treat it
                     // as empty; sending its contents repairs it.
                     tracing::debug!(folder = %folder.path, %error, "target listing failed");
                     Vec::new()
                 }
-                Ok(Ok(other)) => {
+                Some(Ok(Ok(other))) => {
                     return Err(RunError::LinkLost(format!(
                         "unexpected {} from the target",
                         other.kind()
                     )));
                 }
-                Ok(Err(reason)) => return Err(RunError::LinkLost(reason)),
-                Err(join) => {
+                Some(Ok(Err(reason))) => return Err(RunError::LinkLost(reason)),
+                Some(Err(join)) => {
                     return Err(RunError::LinkLost(format!("the listing task failed: {join}")));
                 }
             };
@@ -425,6 +441,11 @@ impl Run<'_> {
             let name = source.path.file_name().unwrap_or_default().to_vec();
             seen.insert(name.clone());
             let existing = target.remove(&name);
+            if source.kind == EntryKind::Dir
+                && existing.as_ref().is_none_or(|t| t.kind != EntryKind::Dir)
+            {
+                self.missing_on_target.insert(source.path.clone());
+            }
             self.compare_entry(source, existing.as_ref())?;
             self.report_progress();
         }
