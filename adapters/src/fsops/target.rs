@@ -143,11 +143,13 @@ impl TargetRoot {
     /// the module documentation for resolution and durability: nothing is durable until
     /// [`TargetRoot::sync`].
     pub fn apply(&mut self, op: &Operation) -> Result<Applied, ApplyError> {
-        // Any operation but a write to the cached file may change what its path names.
+        // Any operation but a write to, or the attributes of, the cached file may change what
+        // its path names.
         let keeps_handle = match op {
             Operation::Write { path, .. }
             | Operation::Truncate { path, .. }
-            | Operation::PunchHole { path, .. } => {
+            | Operation::PunchHole { path, .. }
+            | Operation::SetMeta { path, .. } => {
                 self.write_handle.as_ref().is_some_and(|(cached, _)| cached == path)
             }
             _ => false,
@@ -580,6 +582,12 @@ impl TargetRoot {
         const OP: &str = "set the attributes of";
         if path.is_root() {
             self.apply_meta_fd(self.root.as_fd(), meta, meta.mode, path)?;
+            return Ok(Applied::Changed);
+        }
+        // A file's attributes come after its data: the handle its data went through is still
+        // open (nothing else touched the path since) and names exactly this regular file.
+        if let Some((_, file)) = self.write_handle.take() {
+            self.apply_meta_fd(file.as_fd(), meta, meta.mode, path)?;
             return Ok(Applied::Changed);
         }
         let (parent, name) = self.parent(path, false)?;
