@@ -1964,7 +1964,8 @@ impl JobData {
         self.mirror_paused = false;
         self.mirror_progress_at = None;
         self.target_consistent = false;
-        // Change capture goes in before the mirror walks, so no change slips between them.
+        // Change capture starts before the mirror, which watches each folder before it lists
+        // it (one walk), so no change slips between them.
         if !self.activities.contains_key(&Activity::Capture) {
             self.start(ctx, Activity::Capture, Effect::StartChangeCapture);
         }

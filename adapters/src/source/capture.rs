@@ -35,6 +35,7 @@ pub enum CaptureEvent {
 pub struct Capture {
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
+    watch: Arc<TreeWatch>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -52,36 +53,51 @@ impl Drop for Capture {
     }
 }
 
-/// Starts watching `pipe.root`. The watch is in place when this returns: start it before a
-/// mirror walks, so no change slips between them.
+impl Capture {
+    /// The watch, for the mirror to fill as it walks (see [`TreeWatch::watch_folder`]).
+    pub fn watch(&self) -> Arc<TreeWatch> {
+        Arc::clone(&self.watch)
+    }
+}
+
+/// Starts capturing changes of `pipe.root`. The watch is empty when this returns: the mirror
+/// that follows every start watches each folder before it lists it.
 ///
 /// # Errors
 ///
-/// The watch cannot be set up (most often the inotify watch limit), with what to do.
+/// inotify is unavailable, or the capture thread cannot start.
 pub fn start(
     pipe: Arc<Pipe>,
     tell: Arc<dyn Fn(CaptureEvent) + Send + Sync>,
 ) -> Result<Capture, String> {
     let excluded_by = Arc::clone(&pipe);
-    let watch =
-        TreeWatch::new(&pipe.root, Box::new(move |path: &RelPath| excluded_by.excluded(path)))?;
-    tracing::debug!(job = %pipe.job, folders = watch.folders(), "watching the source");
+    let watch = Arc::new(TreeWatch::new(
+        &pipe.root,
+        Box::new(move |path: &RelPath| excluded_by.excluded(path)),
+    )?);
+    let worker_watch = Arc::clone(&watch);
     let stop = Arc::new(AtomicBool::new(false));
     let worker_stop = Arc::clone(&stop);
     let worker = std::thread::Builder::new()
         .name(format!("capture-{}", pipe.job.short()))
         .spawn(move || {
-            Worker { pipe, tell, watch, pending_from: BTreeMap::new(), told_exhausted: false }
-                .run(&worker_stop)
+            Worker {
+                pipe,
+                tell,
+                watch: worker_watch,
+                pending_from: BTreeMap::new(),
+                told_exhausted: false,
+            }
+            .run(&worker_stop)
         })
         .map_err(|e| format!("cannot start the change capture thread: {e}"))?;
-    Ok(Capture { stop, worker: Some(worker) })
+    Ok(Capture { stop, worker: Some(worker), watch })
 }
 
 struct Worker {
     pipe: Arc<Pipe>,
     tell: Arc<dyn Fn(CaptureEvent) + Send + Sync>,
-    watch: TreeWatch,
+    watch: Arc<TreeWatch>,
     /// Moves out of a place, waiting (two rounds) for their other half: rounds and cookie.
     pending_from: BTreeMap<RelPath, (u8, u32)>,
     told_exhausted: bool,

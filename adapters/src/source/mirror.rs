@@ -36,6 +36,7 @@ use understudy_core::status::{MirrorCounters, VerificationSummary};
 use super::files::{FileSent, SendError, TargetFile, send_file};
 use super::link::Link;
 use super::pipe::{Pipe, Producer, Shadow};
+use super::treewatch::TreeWatch;
 use crate::fsops::{
     BLOCK_SIZE, BlockHash, Entry, EntryKind, Operation, RelPath, compare_attributes, list_folder,
     scan,
@@ -137,6 +138,9 @@ pub enum Progress {
     Counters(MirrorCounters),
     /// Files skipped.
     Skipped(Vec<SkippedFile>),
+    /// Change capture could not watch the rest of the tree (the message says why and what to
+    /// do); the mirror goes on.
+    WatchFailed(String),
 }
 
 /// How a run ended.
@@ -188,9 +192,14 @@ struct Run<'a> {
     missing_on_target: BTreeSet<RelPath>,
     /// The counting walk's answer (bytes, files), while it runs.
     sizing: Option<std::sync::mpsc::Receiver<(u64, u64)>>,
+    /// Change capture's watch while it is still being filled: each folder is watched just
+    /// before it is listed.
+    watch: Option<Arc<TreeWatch>>,
 }
 
 /// Runs a mirror, verification or orphan pass to its end (everything sent acknowledged).
+/// `watch` is change capture's watch when it does not yet hold the whole tree: the walk fills
+/// it, and marks it complete if the walk reaches its end.
 ///
 /// # Errors
 ///
@@ -201,6 +210,7 @@ pub fn run(
     link: Arc<Link>,
     settings: &Settings,
     control: Arc<Control>,
+    watch: Option<Arc<TreeWatch>>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome, RunError> {
     let started_at = Utc::now();
@@ -222,9 +232,13 @@ pub fn run(
         verify_lines: String::new(),
         missing_on_target: BTreeSet::new(),
         sizing: None,
+        watch: watch.filter(|watch| !watch.is_complete()),
     };
     run.calculate_size();
     let folders = run.compare_all()?;
+    if let Some(watch) = run.watch.take() {
+        watch.set_complete();
+    }
     run.take_size(true);
     run.finish_folders(&folders)?;
     // Done only when the target has made all of it durable.
@@ -342,6 +356,7 @@ impl Run<'_> {
     fn next_folder(&mut self, pending: &mut Vec<RelPath>) -> Result<Option<Folder>, RunError> {
         let (path, listing) = loop {
             let Some(path) = pending.pop() else { return Ok(None) };
+            self.watch_folder(&path);
             match list_folder(&self.pipe.root, path.clone()) {
                 Ok(listing) => break (path, listing),
                 Err(error) if path.is_root() => return Err(RunError::Source(error.to_string())),
@@ -375,6 +390,18 @@ impl Run<'_> {
         pending.extend(subfolders.into_iter().rev());
         let missing_on_target = self.missing_on_target.contains(&path);
         Ok(Some(Folder { path, children, missing_on_target }))
+    }
+
+    /// Adds `path` to change capture's watch before it is listed, so no change in it slips
+    /// between the listing and the watch. At the watch limit, capture is told once and the
+    /// mirror goes on without watching more.
+    fn watch_folder(&mut self, path: &RelPath) {
+        if let Some(watch) = &self.watch
+            && let Err(message) = watch.watch_folder(path)
+        {
+            self.watch = None;
+            (self.progress)(Progress::WatchFailed(message));
+        }
     }
 
     fn listing(&self, path: &RelPath) -> JoinHandle<Result<Message, String>> {

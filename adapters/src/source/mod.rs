@@ -184,6 +184,15 @@ fn per_target<T>(
     Arc::clone(shared.entry(address.to_string()).or_insert_with(|| Arc::new(make())))
 }
 
+/// Change capture cannot watch (all or part of) the tree: replication misses changes there
+/// until the job starts again, so the job's health says so.
+fn report_capture_failure(ctx: &SourceContext, effect: EffectId, message: String) {
+    ctx.report(
+        effect,
+        Report::Fault { kind: FaultKind::ChangeCapture, failure: Failure::persistent(message) },
+    );
+}
+
 /// The queue limits of a spec.
 pub fn queue_limits(spec: &JobSpec) -> QueueLimits {
     QueueLimits {
@@ -587,20 +596,9 @@ impl SourceJob {
                     tracing::warn!(message, "change capture");
                 }
             });
-        let installing = std::time::Instant::now();
-        let started = capture::start(Arc::clone(&pipe), tell);
-        tracing::debug!(job = %self.job, ms = installing.elapsed().as_millis(), "change capture installed");
-        match started {
+        match capture::start(Arc::clone(&pipe), tell) {
             Ok(capture) => self.capture = Some(capture),
-            Err(message) => {
-                ctx.report(
-                    id,
-                    Report::Fault {
-                        kind: FaultKind::ChangeCapture,
-                        failure: Failure::persistent(message),
-                    },
-                );
-            }
+            Err(message) => report_capture_failure(&ctx, id, message),
         }
         // Progress, the queue alert, and "caught up" for the machine.
         let link = self.link.subscribe();
@@ -705,6 +703,10 @@ impl SourceJob {
         let mirror_running = Arc::clone(&self.mirror_running);
         let is_mirror = settings.mode == Mode::Mirror;
         let capture_id = self.capture_id;
+        // A mirror fills change capture's watch as it walks; if it stops before its end, the
+        // rest is watched in the background, so replication covers the whole tree again.
+        let watch = self.capture.as_ref().filter(|_| is_mirror).map(capture::Capture::watch);
+        let unfinished_watch = watch.clone();
         tokio::spawn(async move {
             // Wait for the connection (a start connects and mirrors at once).
             let link = loop {
@@ -737,12 +739,24 @@ impl SourceJob {
                     Progress::Skipped(files) => {
                         tracing::warn!(count = files.len(), "files skipped by a verification")
                     }
+                    Progress::WatchFailed(message) => report_capture_failure(
+                        &run_ctx,
+                        capture_id.unwrap_or(id),
+                        message,
+                    ),
                 };
-                mirror::run(rt, pipe, link, &settings, run_control, &mut progress)
+                mirror::run(rt, pipe, link, &settings, run_control, watch, &mut progress)
             })
             .await;
             if is_mirror {
                 mirror_running.store(false, Ordering::SeqCst);
+            }
+            if let Some(watch) = unfinished_watch.filter(|watch| !watch.is_complete()) {
+                let ctx = Arc::clone(&ctx);
+                tokio::task::spawn_blocking(move || match watch.watch_tree(&RelPath::root()) {
+                    Ok(()) => watch.set_complete(),
+                    Err(message) => report_capture_failure(&ctx, capture_id.unwrap_or(id), message),
+                });
             }
             match result {
                 Ok(Ok(outcome)) => match mode {
