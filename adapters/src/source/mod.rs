@@ -739,11 +739,9 @@ impl SourceJob {
                     Progress::Skipped(files) => {
                         tracing::warn!(count = files.len(), "files skipped by a verification")
                     }
-                    Progress::WatchFailed(message) => report_capture_failure(
-                        &run_ctx,
-                        capture_id.unwrap_or(id),
-                        message,
-                    ),
+                    Progress::WatchFailed(message) => {
+                        report_capture_failure(&run_ctx, capture_id.unwrap_or(id), message)
+                    }
                 };
                 mirror::run(rt, pipe, link, &settings, run_control, watch, &mut progress)
             })

@@ -297,6 +297,44 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_fills_the_watch_folder_by_folder_and_the_rest_is_finished_later() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        for folder in ["a/inner", "b"] {
+            std::fs::create_dir_all(root.join(folder)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let watch =
+            TreeWatch::new(root, Box::new(|_: &RelPath| false)).unwrap_or_else(|e| panic!("{e}"));
+        // A walk that watched the root and `a`, then stopped.
+        watch.watch_folder(&RelPath::root()).unwrap_or_else(|e| panic!("{e}"));
+        watch.watch_folder(&p("a")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(watch.folders(), 2, "a folder's watch does not reach into its subfolders");
+        std::fs::write(root.join("a/f"), b"1").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("b/unwatched"), b"1").unwrap_or_else(|e| panic!("{e}"));
+        let seen = changes(&watch);
+        assert!(seen.contains(&Change::Touched(p("a/f"))), "{seen:?}");
+        assert!(
+            !seen
+                .iter()
+                .any(|c| matches!(c, Change::Touched(path) if path.starts_with(&p("b/unwatched")))),
+            "{seen:?}"
+        );
+        assert!(!watch.is_complete());
+
+        // Finishing the walk watches the rest once (folders already watched keep their watch).
+        watch.watch_tree(&RelPath::root()).unwrap_or_else(|e| panic!("{e}"));
+        watch.set_complete();
+        assert_eq!(watch.folders(), 4, "the root, a, a/inner and b");
+        std::fs::write(root.join("a/inner/g"), b"2").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("b/h"), b"2").unwrap_or_else(|e| panic!("{e}"));
+        let seen = changes(&watch);
+        for path in ["a/inner/g", "b/h"] {
+            assert!(seen.contains(&Change::Touched(p(path))), "{path}: {seen:?}");
+        }
+        assert!(watch.is_complete());
+    }
+
+    #[test]
     fn reading_the_tree_makes_no_events_and_changes_do() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let root = dir.path();
@@ -306,9 +344,8 @@ mod tests {
         }
         std::fs::create_dir_all(root.join("skip/inner")).unwrap_or_else(|e| panic!("{e}"));
         let skip = p("skip");
-        let watch =
-            TreeWatch::new(root, Box::new(move |path: &RelPath| path.starts_with(&skip)))
-                .unwrap_or_else(|e| panic!("{e}"));
+        let watch = TreeWatch::new(root, Box::new(move |path: &RelPath| path.starts_with(&skip)))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(watch.folders(), 0, "a new watch holds nothing");
         watch.watch_tree(&RelPath::root()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(watch.folders(), 101, "the root and 100 folders, not the excluded ones");
