@@ -167,6 +167,21 @@ impl Iterator for Scan {
     }
 }
 
+/// Reads from `offset` into `buf`'s spare capacity until it is full or the file ends, with no
+/// zeroing of the room first; returns the bytes appended.
+pub fn append_at(file: &File, buf: &mut Vec<u8>, offset: u64) -> io::Result<usize> {
+    let start = buf.len();
+    while buf.len() < buf.capacity() {
+        let at = offset + (buf.len() - start) as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(buf), at) {
+            Ok(0) => break,
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(buf.len() - start)
+}
+
 /// Fills `buf` from `offset`, short only at the end of the file; returns the bytes read.
 pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
@@ -470,6 +485,21 @@ pub fn compare_attributes(source: &Meta, target: &Meta) -> AttrComparison {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_at_fills_the_spare_room_or_stops_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = File::open(&path).unwrap();
+        let mut buf = Vec::with_capacity(6);
+        buf.extend_from_slice(b"hd");
+        assert_eq!(append_at(&file, &mut buf, 3).unwrap(), 4);
+        assert_eq!(buf, b"hd3456");
+        let mut buf = Vec::with_capacity(8);
+        assert_eq!(append_at(&file, &mut buf, 7).unwrap(), 3, "short at the end of the file");
+        assert_eq!(buf, b"789");
+    }
 
     #[test]
     fn attribute_comparison_separates_data_from_meta() {

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 
 use super::pipe::{Exhausted, Pipe, Producer, Shadow};
-use crate::fsops::{BLOCK_SIZE, BlockHash, Meta, Operation, RelPath, data_ranges, read_at};
+use crate::fsops::{BLOCK_SIZE, BlockHash, Meta, Operation, RelPath, append_at, data_ranges};
 use crate::wire::EncodedOp;
 
 /// Blocks of a file queued between two wake-ups of the sender (512 KiB).
@@ -110,7 +110,7 @@ pub fn send_file(
             // way to the queue.
             let (write, data) =
                 EncodedOp::encode_write(path, offset, usize::try_from(len).unwrap_or(0), |buf| {
-                    read_at(&file, buf, offset)
+                    append_at(&file, buf, offset)
                 })
                 .map_err(SendError::from_io)?;
             let data_len = data.len() as u64;

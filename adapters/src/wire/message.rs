@@ -38,7 +38,8 @@ impl EncodedOp {
 
     /// Encodes `Operation::Write { path, offset, data }` with `data` read by `fill` straight
     /// into the encoded buffer: the bytes [`EncodedOp::encode`] gives, without copying the data
-    /// into place. `fill` gets room for `len` bytes and returns how many it filled (fewer only
+    /// into place or zeroing room for it first. `fill` appends at most `len` bytes to the
+    /// buffer it gets, whose spare capacity is exactly `len`, and returns how many (fewer only
     /// at the end of a file). Returns the operation and where its data lies in it.
     ///
     /// # Errors
@@ -48,35 +49,45 @@ impl EncodedOp {
         path: &RelPath,
         offset: u64,
         len: usize,
-        fill: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+        fill: impl FnOnce(&mut Vec<u8>) -> std::io::Result<usize>,
     ) -> std::io::Result<(EncodedOp, Range<usize>)> {
+        // The data is the last field: the encoding of the same write without data, less its
+        // last two bytes (the empty `bin 8` header), then the header for the data's length.
+        let empty = Operation::Write { path: path.clone(), offset, data: Bytes::new() };
+        let mut prefix = Vec::with_capacity(path.as_bytes().len() + 48);
+        rmp_serde::encode::write_named(&mut prefix, &empty)
+            .map_err(|e| std::io::Error::other(format!("encoding a write: {e}")))?;
+        debug_assert_eq!(prefix[prefix.len() - 2..], [0xc4, 0]);
+        prefix.truncate(prefix.len() - 2);
         let head = |len: usize| {
-            // The data is the last field: the encoding of the same write without data, whose
-            // last two bytes are the empty `bin 8` header, then the header for `len` bytes.
-            let empty = Operation::Write { path: path.clone(), offset, data: Bytes::new() };
-            let mut bytes = Vec::with_capacity(path.as_bytes().len() + 48 + len);
-            rmp_serde::encode::write_named(&mut bytes, &empty)
-                .map_err(|e| std::io::Error::other(format!("encoding a write: {e}")))?;
-            debug_assert_eq!(bytes[bytes.len() - 2..], [0xc4, 0]);
-            bytes.truncate(bytes.len() - 2);
-            match (u8::try_from(len), u16::try_from(len), u32::try_from(len)) {
-                (Ok(n), _, _) => bytes.extend_from_slice(&[0xc4, n]),
+            let mut header = [0u8; 5];
+            let header = match (u8::try_from(len), u16::try_from(len), u32::try_from(len)) {
+                (Ok(n), _, _) => {
+                    header[..2].copy_from_slice(&[0xc4, n]);
+                    &header[..2]
+                }
                 (_, Ok(n), _) => {
-                    bytes.push(0xc5);
-                    bytes.extend_from_slice(&n.to_be_bytes());
+                    header[0] = 0xc5;
+                    header[1..3].copy_from_slice(&n.to_be_bytes());
+                    &header[..3]
                 }
                 (_, _, Ok(n)) => {
-                    bytes.push(0xc6);
-                    bytes.extend_from_slice(&n.to_be_bytes());
+                    header[0] = 0xc6;
+                    header[1..5].copy_from_slice(&n.to_be_bytes());
+                    &header[..5]
                 }
                 _ => return Err(std::io::Error::other("a write of more than 4 GiB")),
-            }
+            };
+            // `with_capacity` gives exactly the capacity asked for: the spare room is `len`.
+            let mut bytes = Vec::with_capacity(prefix.len() + header.len() + len);
+            bytes.extend_from_slice(&prefix);
+            bytes.extend_from_slice(header);
             Ok::<_, std::io::Error>(bytes)
         };
         let mut bytes = head(len)?;
         let start = bytes.len();
-        bytes.resize(start + len, 0);
-        let filled = fill(&mut bytes[start..])?;
+        let filled = if len == 0 { 0 } else { fill(&mut bytes)? };
+        debug_assert_eq!(bytes.len(), start + filled);
         if filled < len {
             // Short (the file ended sooner): the length in the header changes, and so may the
             // header's size. Rare; copying the data once more is fine here.
@@ -450,7 +461,8 @@ mod tests {
         ] {
             let data: Bytes = (0..filled).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
             let (op, range) = EncodedOp::encode_write(&path, 1 << 40, len, |buf| {
-                buf[..filled].copy_from_slice(&data);
+                assert_eq!(buf.capacity() - buf.len(), len, "room for exactly the data");
+                buf.extend_from_slice(&data);
                 Ok(filled)
             })
             .unwrap();
