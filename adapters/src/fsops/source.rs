@@ -490,7 +490,7 @@ mod tests {
     fn append_at_fills_the_spare_room_or_stops_at_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        std::fs::write(&path, b"0123456789").unwrap();
+        fs::write(&path, b"0123456789").unwrap();
         let file = File::open(&path).unwrap();
         let mut buf = Vec::with_capacity(6);
         buf.extend_from_slice(b"hd");

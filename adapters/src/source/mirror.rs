@@ -2,10 +2,10 @@
 //! and send what differs (mirror), report it (verification), or remove what the source does
 //! not have (orphans).
 //!
-//! The walk goes one folder at a time, depth first in the scan's order, holding only the
-//! folders still to visit (a tree of 200,000 files is never in memory at once); with
-//! "calculate size" a counting walk that keeps nothing runs alongside on its own thread, and
-//! the job shows Calculating until it reports.
+//! The walk ([`super::walk`]) lists folders on a thread of its own, depth first in the scan's
+//! order, a bounded number of entries ahead of the comparison (a tree of 200,000 files is
+//! never in memory at once); with "calculate size" it also counts the files and bytes, and the
+//! job shows Calculating until it reports.
 //! Each folder's target listing is asked for ahead of time, a few folders at once, so a long
 //! round trip costs little; a folder found missing on the target is not asked about at all. Comparison by the job's mirror option:
 //! - send everything: every file is sent whole;
@@ -37,9 +37,9 @@ use super::files::{FileSent, SendError, TargetFile, send_file};
 use super::link::Link;
 use super::pipe::{Pipe, Producer, Shadow};
 use super::treewatch::TreeWatch;
+use super::walk::{LOOKAHEAD_ENTRIES, Walk, Walked};
 use crate::fsops::{
-    BLOCK_SIZE, BlockHash, Entry, EntryKind, Operation, RelPath, compare_attributes, list_folder,
-    scan,
+    BLOCK_SIZE, BlockHash, Entry, EntryKind, Operation, RelPath, compare_attributes,
 };
 use crate::wire::{MAX_HASHES_PER_REPLY, Message};
 
@@ -190,10 +190,10 @@ struct Run<'a> {
     /// their listing is not asked for (an initial mirror makes no round trip per folder). An
     /// entry goes when its folder is compared.
     missing_on_target: BTreeSet<RelPath>,
-    /// The counting walk's answer (bytes, files), while it runs.
-    sizing: Option<std::sync::mpsc::Receiver<(u64, u64)>>,
-    /// Change capture's watch while it is still being filled: each folder is watched just
-    /// before it is listed.
+    /// The walk, listing folders ahead.
+    walk: Walk,
+    /// Change capture's watch while the walk is still filling it (marked complete at the
+    /// walk's end).
     watch: Option<Arc<TreeWatch>>,
 }
 
@@ -215,6 +215,16 @@ pub fn run(
 ) -> Result<Outcome, RunError> {
     let started_at = Utc::now();
     let started = Instant::now();
+    let watch = watch.filter(|watch| !watch.is_complete());
+    let count = settings.calculate_size && settings.mode == Mode::Mirror;
+    let walk = Walk::start(
+        Arc::clone(&pipe),
+        Arc::clone(&control),
+        watch.clone(),
+        count,
+        LOOKAHEAD_ENTRIES,
+    )
+    .map_err(|e| RunError::Source(format!("cannot start the walk: {e}")))?;
     let mut run = Run {
         rt,
         pipe,
@@ -231,15 +241,13 @@ pub fn run(
         orphan_lines: String::new(),
         verify_lines: String::new(),
         missing_on_target: BTreeSet::new(),
-        sizing: None,
-        watch: watch.filter(|watch| !watch.is_complete()),
+        walk,
+        watch,
     };
-    run.calculate_size();
     let folders = run.compare_all()?;
     if let Some(watch) = run.watch.take() {
         watch.set_complete();
     }
-    run.take_size(true);
     run.finish_folders(&folders)?;
     // Done only when the target has made all of it durable.
     let last = run.pipe.lock().last_enqueued();
@@ -300,107 +308,41 @@ impl Run<'_> {
         }
     }
 
-    /// With "calculate size", starts counting the files and bytes to mirror on a thread of its
-    /// own: on two cores the count costs the mirror little, and the walk that sends does not
-    /// wait for it.
-    fn calculate_size(&mut self) {
-        if !(self.settings.calculate_size && self.settings.mode == Mode::Mirror) {
-            return;
-        }
-        let (answer, sizing) = std::sync::mpsc::channel();
-        let (pipe, control) = (Arc::clone(&self.pipe), Arc::clone(&self.control));
-        let counting = std::thread::Builder::new().name("mirror-size".into()).spawn(move || {
-            let (mut total_bytes, mut total_files) = (0u64, 0u64);
-            let mut walker = scan(&pipe.root);
-            while let Some(item) = walker.next() {
-                if control.is_stopped() {
-                    return;
-                }
-                // What cannot be read is reported by the walk that sends.
-                let Ok(entry) = item else { continue };
-                if pipe.excluded(&entry.path) {
-                    if entry.kind == EntryKind::Dir {
-                        walker.skip_dir();
-                    }
-                    continue;
-                }
-                if entry.kind == EntryKind::File {
-                    total_bytes += entry.meta.size_bytes;
-                    total_files += 1;
-                }
-            }
-            let _ = answer.send((total_bytes, total_files));
-        });
-        match counting {
-            Ok(_) => self.sizing = Some(sizing),
-            Err(error) => tracing::warn!(%error, "cannot start the mirror's size count"),
-        }
-    }
-
-    /// Takes the count's answer if it is there (or, with `wait`, once it is).
-    fn take_size(&mut self, wait: bool) {
-        let Some(sizing) = &self.sizing else { return };
-        let answer = if wait { sizing.recv().ok() } else { sizing.try_recv().ok() };
-        if let Some((total_bytes, total_files)) = answer {
-            self.counters.total_bytes = Some(total_bytes);
-            self.counters.total_files = Some(total_files);
-            (self.progress)(Progress::Sized { total_bytes, total_files });
-            self.sizing = None;
-        } else if wait {
-            self.sizing = None; // the count stopped
-        }
-    }
-
-    /// The next folder of the walk with its entries, or `None` at the end. `pending` holds
-    /// the folders still to visit, the next one last.
-    fn next_folder(&mut self, pending: &mut Vec<RelPath>) -> Result<Option<Folder>, RunError> {
-        let (path, listing) = loop {
-            let Some(path) = pending.pop() else { return Ok(None) };
-            self.watch_folder(&path);
-            match list_folder(&self.pipe.root, path.clone()) {
-                Ok(listing) => break (path, listing),
-                Err(error) if path.is_root() => return Err(RunError::Source(error.to_string())),
-                // Skipped whole: compared as empty, its copy on the target would look orphaned.
-                Err(error) => {
-                    self.missing_on_target.remove(&path);
-                    self.skip(error.to_string(), "cannot be read");
-                }
-            }
-        };
-        let mut children = Vec::new();
-        let mut subfolders = Vec::new();
-        for item in listing {
-            let entry = match item {
-                Ok(entry) => entry,
-                Err(error) => {
-                    self.skip(error.to_string(), "cannot be read");
-                    continue;
-                }
-            };
-            if self.pipe.excluded(&entry.path) {
-                continue;
-            }
-            if entry.kind == EntryKind::Dir {
-                subfolders.push(entry.path.clone());
-            }
-            children.push(entry);
+    /// The next folder of the walk with its entries, or `None` at the end.
+    fn next_folder(&mut self) -> Result<Option<Folder>, RunError> {
+        loop {
             self.check()?;
-        }
-        // Sorted by name, so the smallest is visited next: the scan's depth-first order.
-        pending.extend(subfolders.into_iter().rev());
-        let missing_on_target = self.missing_on_target.contains(&path);
-        Ok(Some(Folder { path, children, missing_on_target }))
-    }
-
-    /// Adds `path` to change capture's watch before it is listed, so no change in it slips
-    /// between the listing and the watch. At the watch limit, capture is told once and the
-    /// mirror goes on without watching more.
-    fn watch_folder(&mut self, path: &RelPath) {
-        if let Some(watch) = &self.watch
-            && let Err(message) = watch.watch_folder(path)
-        {
-            self.watch = None;
-            (self.progress)(Progress::WatchFailed(message));
+            let Some(walked) = self.walk.next() else {
+                self.check()?;
+                return Err(RunError::Source("the walk of the source stopped".into()));
+            };
+            match walked {
+                Walked::Folder { path, children, unreadable } => {
+                    for error in unreadable {
+                        self.skip(error, "cannot be read");
+                    }
+                    let missing_on_target = self.missing_on_target.contains(&path);
+                    return Ok(Some(Folder { path, children, missing_on_target }));
+                }
+                Walked::Unlistable { path, error } if path.is_root() => {
+                    return Err(RunError::Source(error));
+                }
+                // Skipped whole: compared as empty, its copy on the target would look orphaned.
+                Walked::Unlistable { path, error } => {
+                    self.missing_on_target.remove(&path);
+                    self.skip(error, "cannot be read");
+                }
+                Walked::Sized { total_bytes, total_files } => {
+                    self.counters.total_bytes = Some(total_bytes);
+                    self.counters.total_files = Some(total_files);
+                    (self.progress)(Progress::Sized { total_bytes, total_files });
+                }
+                Walked::WatchFailed(message) => {
+                    self.watch = None;
+                    (self.progress)(Progress::WatchFailed(message));
+                }
+                Walked::Done => return Ok(None),
+            }
         }
     }
 
@@ -416,11 +358,14 @@ impl Run<'_> {
     fn compare_all(&mut self) -> Result<Vec<RelPath>, RunError> {
         type Listing = Option<JoinHandle<Result<Message, String>>>;
         let mut ahead: VecDeque<(Folder, Listing)> = VecDeque::new();
-        let mut pending = vec![RelPath::root()];
         let mut visited = Vec::new();
+        let mut walked_all = false;
         loop {
-            while ahead.len() < LISTING_PREFETCH {
-                let Some(folder) = self.next_folder(&mut pending)? else { break };
+            while !walked_all && ahead.len() < LISTING_PREFETCH {
+                let Some(folder) = self.next_folder()? else {
+                    walked_all = true;
+                    break;
+                };
                 let listing = (!folder.missing_on_target).then(|| self.listing(&folder.path));
                 ahead.push_back((folder, listing));
             }
@@ -797,7 +742,6 @@ impl Run<'_> {
     }
 
     fn report_progress(&mut self) {
-        self.take_size(false);
         if self.last_report.elapsed() >= Duration::from_millis(500) {
             self.last_report = Instant::now();
             (self.progress)(Progress::Counters(self.counters.clone()));

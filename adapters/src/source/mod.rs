@@ -9,6 +9,7 @@
 //! - `link`: one connection to a target engine (or the null target);
 //! - `files`: a source file to operations, whole or by differing blocks;
 //! - `mirror`: mirrors, verifications (with the seeds' log) and orphan passes;
+//! - `walk`: the mirror's walk of the source, listing ahead on a thread of its own;
 //! - `capture`: change capture with inotify;
 //! - `bandwidth`: the limiter shared by the jobs to one target.
 
@@ -19,6 +20,7 @@ pub mod link;
 pub mod mirror;
 pub mod pipe;
 pub mod treewatch;
+mod walk;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
