@@ -24,4 +24,4 @@ pub use source::{
     block_hashes_range, compare_attributes, data_ranges, diff_blocks, diff_hashes, list_folder,
     read_at, scan,
 };
-pub use target::{Resolution, TargetRoot};
+pub use target::{PendingSync, Resolution, TargetRoot};

@@ -35,7 +35,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{
     self as rfs, AtFlags, FallocateFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps,
@@ -68,10 +69,51 @@ pub struct TargetRoot {
     /// What changed since the last sync, for the fsync fallback when `syncfs` is unavailable
     /// (kept only then: recording every path costs time on the hot path).
     touched: BTreeSet<RelPath>,
-    syncfs_unavailable: bool,
+    /// Set (by whichever thread finishes a sync) once `syncfs` is found unavailable.
+    syncfs_unavailable: Arc<AtomicBool>,
     /// The file the last write went to: a file arrives as a run of 64 KiB writes, and opening
     /// it (with the jail's checks) for each of them would cost more than the write.
     write_handle: Option<(RelPath, File)>,
+}
+
+/// A sync begun by [`TargetRoot::begin_sync`], to finish on any thread.
+#[derive(Debug)]
+pub struct PendingSync {
+    /// The root, for `syncfs`; `None` without it.
+    root: Option<OwnedFd>,
+    /// Without `syncfs`: every file and folder touched since the last sync.
+    files: Vec<(RelPath, OwnedFd)>,
+    unavailable: Arc<AtomicBool>,
+}
+
+impl PendingSync {
+    /// Waits until what was applied before the sync began is durable.
+    ///
+    /// # Errors
+    ///
+    /// The file system reports a failure to write back (`EIO`, `ENOSPC`): some data may be
+    /// lost, so nothing may be acknowledged.
+    pub fn finish(self) -> Result<(), ApplyError> {
+        if let Some(root) = &self.root {
+            return match rfs::syncfs(root) {
+                Ok(()) => Ok(()),
+                Err(Errno::NOSYS) | Err(Errno::PERM) => {
+                    // No syncfs here (an old kernel, a sandbox): nothing was recorded to fsync
+                    // one by one yet, so this once sync everything; from now on the root
+                    // records what each round touches. The flag goes up before the sync, so
+                    // whatever is applied meanwhile is either recorded or covered by it.
+                    self.unavailable.store(true, Ordering::SeqCst);
+                    rfs::sync();
+                    Ok(())
+                }
+                Err(e) => Err(ApplyError::from_io("sync", &RelPath::root(), io_err(e))),
+            };
+        }
+        for (path, fd) in &self.files {
+            rfs::fsync(fd).map_err(|e| ApplyError::from_io("fsync", path, io_err(e)))?;
+        }
+        Ok(())
+    }
 }
 
 /// A directory handle: the root's own, or one opened below it.
@@ -124,7 +166,7 @@ impl TargetRoot {
             use_openat2,
             privileged: rustix::process::geteuid().is_root(),
             touched: BTreeSet::new(),
-            syncfs_unavailable: false,
+            syncfs_unavailable: Arc::new(AtomicBool::new(false)),
             write_handle: None,
         })
     }
@@ -169,7 +211,7 @@ impl TargetRoot {
             Operation::Symlink { path, target } => self.symlink(path, target),
             Operation::HardLink { path, existing } => self.hard_link(path, existing),
         };
-        if result.is_ok() && self.syncfs_unavailable {
+        if result.is_ok() && self.syncfs_unavailable.load(Ordering::SeqCst) {
             self.touch(op);
         }
         result
@@ -186,28 +228,31 @@ impl TargetRoot {
     /// Limitation: `syncfs` covers the root's file system only; a different file system
     /// mounted inside the root is not synced by it.
     pub fn sync(&mut self) -> Result<(), ApplyError> {
-        if self.syncfs_unavailable {
-            return self.fsync_touched();
-        }
-        match rfs::syncfs(&self.root) {
-            Ok(()) => Ok(()),
-            Err(Errno::NOSYS) | Err(Errno::PERM) => {
-                // No syncfs here (an old kernel, a sandbox): nothing was recorded to fsync
-                // one by one yet, so this once sync everything; from now on record and fsync
-                // what each round touches.
-                self.syncfs_unavailable = true;
-                rfs::sync();
-                Ok(())
-            }
-            Err(e) => Err(ApplyError::from_io("sync", &RelPath::root(), io_err(e))),
-        }
+        self.begin_sync()?.finish()
     }
 
-    fn fsync_touched(&mut self) -> Result<(), ApplyError> {
+    /// [`TargetRoot::sync`] in two halves: this one, cheap, on the applying thread (a handle
+    /// on the root, or without `syncfs` handles on what was touched), and
+    /// [`PendingSync::finish`], which waits for the disk and may run on another thread while
+    /// applying goes on. What it makes durable is at least everything applied before this.
+    ///
+    /// # Errors
+    ///
+    /// A touched file or folder cannot be opened (the fallback only).
+    pub fn begin_sync(&mut self) -> Result<PendingSync, ApplyError> {
+        let unavailable = Arc::clone(&self.syncfs_unavailable);
+        if !unavailable.load(Ordering::SeqCst) {
+            let root = self
+                .root
+                .try_clone()
+                .map_err(|e| ApplyError::from_io("sync", &RelPath::root(), e))?;
+            return Ok(PendingSync { files: Vec::new(), root: Some(root), unavailable });
+        }
         let touched = std::mem::take(&mut self.touched);
+        let mut files = Vec::with_capacity(touched.len());
         for path in &touched {
             let fd = if path.is_root() {
-                rfs::fsync(&self.root)
+                rustix::io::dup(&self.root)
             } else {
                 let Ok((parent, name)) = self.parent(path, false) else { continue };
                 match rfs::openat(
@@ -216,20 +261,23 @@ impl TargetRoot {
                     OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
                     Mode::empty(),
                 ) {
-                    Ok(fd) => rfs::fsync(&fd),
+                    Ok(fd) => Ok(fd),
                     // Renamed or removed since: its new place is in the set too.
                     Err(Errno::NOENT) | Err(Errno::LOOP) => continue,
                     Err(e) => Err(e),
                 }
             };
-            if let Err(e) = fd {
-                // Keep the set so a retry fsyncs everything again.
-                let err = ApplyError::from_io("fsync", path, io_err(e));
-                self.touched = touched;
-                return Err(err);
+            match fd {
+                Ok(fd) => files.push((path.clone(), fd)),
+                Err(e) => {
+                    // Keep the set so a retry opens everything again.
+                    let err = ApplyError::from_io("fsync", path, io_err(e));
+                    self.touched = touched;
+                    return Err(err);
+                }
             }
         }
-        Ok(())
+        Ok(PendingSync { files, root: None, unavailable })
     }
 
     fn touch(&mut self, op: &Operation) {

@@ -5,8 +5,8 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -18,7 +18,7 @@ use understudy_core::spec::QueuePolicy;
 
 use super::{Fence, LiveSession, ReplicaNotice, TargetService};
 use crate::error::{ApplyError, WireError};
-use crate::fsops::{Operation, RelPath, TargetRoot, block_hashes_range};
+use crate::fsops::{Operation, PendingSync, RelPath, TargetRoot, block_hashes_range};
 use crate::script::run_script;
 use crate::wire::{
     Compression, EncodedOp, HandshakeConfig, MAX_HASHES_PER_REPLY, Message, PROTOCOL_VERSION, Role,
@@ -194,7 +194,11 @@ where
     let applier_outbox = outbox_tx.clone();
     let applier_live = Arc::clone(&live);
     let handle = tokio::runtime::Handle::current();
+    let syncer_outbox = outbox_tx.clone();
     let applier = tokio::task::spawn_blocking(move || {
+        let state_file = state.file.try_clone().map_err(|e| e.to_string())?;
+        let syncer = Syncer::start(state_file, last_applied, syncer_outbox)
+            .map_err(|e| format!("cannot start the target's sync thread: {e}"))?;
         let mut applier = Applier {
             service: applier_service,
             job,
@@ -204,7 +208,7 @@ where
             live: applier_live,
             runtime: handle,
             dirty: false,
-            acked: last_applied,
+            syncer,
             last_sync: Instant::now(),
         };
         applier.run(inbox_rx)
@@ -255,15 +259,108 @@ where
 /// The target's durable record of a job: the last sequence number made durable.
 struct SessionState {
     file: File,
+    /// Applied (durable once the syncer says so).
     last_applied: u64,
 }
 
-impl SessionState {
-    fn persist(&mut self, seq: u64) -> std::io::Result<()> {
-        self.file.write_all_at(&seq.to_be_bytes(), 0)?;
-        self.file.sync_data()?;
-        self.last_applied = seq;
-        Ok(())
+/// Makes what the applier applied durable and acknowledges it, on a thread of its own: the
+/// applier goes on applying while the disk catches up (a group commit), so a mirror costs
+/// the longer of applying and writing back, not their sum. One sync at a time is in flight.
+struct Syncer {
+    requests: Option<std::sync::mpsc::Sender<(u64, PendingSync)>>,
+    synced: Arc<(Mutex<Synced>, Condvar)>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Synced {
+    /// The last sequence number made durable and acknowledged.
+    durable: u64,
+    /// A sync is in flight.
+    busy: bool,
+    /// A sync failed: nothing after `durable` may be acknowledged; the session ends.
+    failed: Option<String>,
+}
+
+impl Syncer {
+    /// Starts the worker; `state` records the sequence number made durable, `outbox` takes
+    /// the acknowledgements.
+    fn start(
+        state: File,
+        durable: u64,
+        outbox: mpsc::UnboundedSender<Message>,
+    ) -> std::io::Result<Syncer> {
+        let (requests, incoming) = std::sync::mpsc::channel::<(u64, PendingSync)>();
+        let synced =
+            Arc::new((Mutex::new(Synced { durable, ..Synced::default() }), Condvar::new()));
+        let told = Arc::clone(&synced);
+        let worker = std::thread::Builder::new().name("target-sync".into()).spawn(move || {
+            for (seq, pending) in incoming {
+                let record = |seq: u64| {
+                    state.write_all_at(&seq.to_be_bytes(), 0)?;
+                    state.sync_data()
+                };
+                let result = pending
+                    .finish()
+                    .map_err(|e| format!("syncing the target failed: {e}"))
+                    .and_then(|()| {
+                        record(seq).map_err(|e| format!("recording progress failed: {e}"))
+                    });
+                let (lock, changed) = &*told;
+                let mut synced = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                synced.busy = false;
+                match result {
+                    Ok(()) if seq > synced.durable => {
+                        synced.durable = seq;
+                        let _ = outbox.send(Message::Ack { seq });
+                    }
+                    Ok(()) => {}
+                    Err(error) => synced.failed = Some(error),
+                }
+                changed.notify_all();
+            }
+        })?;
+        Ok(Syncer { requests: Some(requests), synced, worker: Some(worker) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Synced> {
+        self.synced.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the sync in flight, if any; its failure, if it failed.
+    fn wait(&self) -> Result<(), String> {
+        let mut synced = self.lock();
+        while synced.busy {
+            synced = self.synced.1.wait(synced).unwrap_or_else(PoisonError::into_inner);
+        }
+        synced.failed.clone().map_or(Ok(()), Err)
+    }
+
+    /// Whether a sync is in flight; a failure of the last one.
+    fn busy(&self) -> Result<bool, String> {
+        let synced = self.lock();
+        synced.failed.clone().map_or(Ok(synced.busy), Err)
+    }
+
+    /// Hands `pending` (everything applied through `seq`) to the worker.
+    fn request(&self, seq: u64, pending: PendingSync) -> Result<(), String> {
+        self.lock().busy = true;
+        let sent = self.requests.as_ref().is_some_and(|r| r.send((seq, pending)).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            self.lock().busy = false;
+            Err("the target's sync thread is gone".into())
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 
@@ -301,9 +398,9 @@ struct Applier<'a> {
     outbox: mpsc::UnboundedSender<Message>,
     live: Arc<LiveSession>,
     runtime: tokio::runtime::Handle,
-    /// Operations applied but not yet durable.
+    /// Operations applied since the last sync began.
     dirty: bool,
-    acked: u64,
+    syncer: Syncer,
     last_sync: Instant,
 }
 
@@ -330,7 +427,7 @@ impl Applier<'_> {
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
             if self.dirty && self.last_sync.elapsed() >= self.service.config.sync_interval {
-                self.sync_and_ack()?;
+                self.sync_in_background()?;
             }
             if self.live.stop.load(Ordering::SeqCst) {
                 break;
@@ -398,20 +495,31 @@ impl Applier<'_> {
         self.sync_and_ack()
     }
 
+    /// Makes everything applied so far durable and acknowledged before returning.
     fn sync_and_ack(&mut self) -> Result<(), String> {
-        if !self.dirty {
-            return Ok(());
+        self.syncer.wait()?;
+        if self.dirty {
+            self.begin_sync()?;
+            self.syncer.wait()?;
         }
-        self.target.sync().map_err(|e| format!("syncing the target failed: {e}"))?;
-        self.state
-            .persist(self.state.last_applied)
-            .map_err(|e| format!("recording progress failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Starts making everything applied so far durable, unless a sync is still in flight
+    /// (the next one then covers this too), and goes on at once.
+    fn sync_in_background(&mut self) -> Result<(), String> {
+        if !self.syncer.busy()? {
+            self.begin_sync()?;
+        }
+        Ok(())
+    }
+
+    fn begin_sync(&mut self) -> Result<(), String> {
+        let pending =
+            self.target.begin_sync().map_err(|e| format!("syncing the target failed: {e}"))?;
+        self.syncer.request(self.state.last_applied, pending)?;
         self.dirty = false;
         self.last_sync = Instant::now();
-        if self.state.last_applied > self.acked {
-            self.acked = self.state.last_applied;
-            self.send(Message::Ack { seq: self.acked });
-        }
         Ok(())
     }
 
