@@ -389,6 +389,54 @@ fn stop_then_start_remirrors_and_converges() {
 }
 
 #[test]
+fn a_remirror_sets_only_the_folders_whose_attributes_differ() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = support::tempdir("files-folder-attrs");
+    let (source, target) = (dir.path().join("source"), dir.path().join("target"));
+    small_tree(&source, 5);
+    let daemon = Daemon::start(&dir.path().join("data"));
+    daemon.create(&["--name", "fa", "--source", s(&source), "--target", s(&target)]);
+    daemon.job(&["start", "fa"]).ok();
+    daemon.wait_state("fa", "Protecting", LONG);
+    wait_equal(&source, &target, LONG, Some(&daemon));
+
+    // On the target only: a folder's mode and another's mtime drift.
+    chmod(&target.join("dir-1"), 0o700);
+    let epoch = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::open(target.join("dir-2")).unwrap().set_modified(epoch).unwrap();
+    let untouched = fs::metadata(target.join("dir-3")).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let mirrors = event_count(&daemon, "fa", "MirrorCompleted");
+    daemon.job(&["mirror", "fa", "start"]).ok();
+    support::poll(
+        "the remirror to complete",
+        LONG,
+        Duration::from_millis(100),
+        || (event_count(&daemon, "fa", "MirrorCompleted") > mirrors).then_some(()),
+        || daemon.log_tail(20),
+    );
+    daemon.wait_state("fa", "Protecting", LONG);
+
+    let (src, tgt) = (
+        |p: &str| fs::metadata(source.join(p)).unwrap(),
+        |p: &str| fs::metadata(target.join(p)).unwrap(),
+    );
+    assert_eq!(tgt("dir-1").mode(), src("dir-1").mode(), "a folder's mode is set again");
+    assert_eq!(
+        (tgt("dir-2").mtime(), tgt("dir-2").mtime_nsec()),
+        (src("dir-2").mtime(), src("dir-2").mtime_nsec()),
+        "a folder's mtime is set again"
+    );
+    let after = tgt("dir-3");
+    assert_eq!(
+        (after.ctime(), after.ctime_nsec()),
+        (untouched.ctime(), untouched.ctime_nsec()),
+        "a folder already in step is not set again (its ctime would move)"
+    );
+}
+
+#[test]
 fn every_mirror_comparison_converges() {
     let dir = support::tempdir("files-comparisons");
     let daemon = Daemon::start(&dir.path().join("data"));

@@ -190,6 +190,9 @@ struct Run<'a> {
     /// their listing is not asked for (an initial mirror makes no round trip per folder). An
     /// entry goes when its folder is compared.
     missing_on_target: BTreeSet<RelPath>,
+    /// Folders whose attributes on the target equalled the source's when their parent was
+    /// compared, and in which this run has changed nothing: no need to set them again.
+    folders_in_step: BTreeSet<RelPath>,
     /// The walk, listing folders ahead.
     walk: Walk,
     /// Change capture's watch while the walk is still filling it (marked complete at the
@@ -241,6 +244,7 @@ pub fn run(
         orphan_lines: String::new(),
         verify_lines: String::new(),
         missing_on_target: BTreeSet::new(),
+        folders_in_step: BTreeSet::new(),
         walk,
         watch,
     };
@@ -413,10 +417,18 @@ impl Run<'_> {
             let name = source.path.file_name().unwrap_or_default().to_vec();
             seen.insert(name.clone());
             let existing = target.remove(&name);
-            if source.kind == EntryKind::Dir
-                && existing.as_ref().is_none_or(|t| t.kind != EntryKind::Dir)
-            {
-                self.missing_on_target.insert(source.path.clone());
+            if source.kind == EntryKind::Dir {
+                match &existing {
+                    Some(t) if t.kind == EntryKind::Dir => {
+                        let same = compare_attributes(&source.meta, &t.meta);
+                        if !(same.mtime_differs || same.mode_differs || same.owner_differs) {
+                            self.folders_in_step.insert(source.path.clone());
+                        }
+                    }
+                    _ => {
+                        self.missing_on_target.insert(source.path.clone());
+                    }
+                }
             }
             self.compare_entry(source, existing.as_ref())?;
             self.report_progress();
@@ -613,6 +625,7 @@ impl Run<'_> {
         target: Option<&TargetFile>,
         remirror: bool,
     ) -> Result<FileSent, RunError> {
+        self.changing(&source.path);
         let pipe = Arc::clone(&self.pipe);
         let mut interrupted = None;
         let mut pace = || match self.backpressure() {
@@ -651,6 +664,9 @@ impl Run<'_> {
     }
 
     fn enqueue(&mut self, ops: Vec<Operation>) -> Result<(), RunError> {
+        for op in &ops {
+            self.changing(op.path());
+        }
         self.backpressure()?;
         self.pipe.lock().enqueue(ops, Producer::Mirror)?;
         self.pipe.notify();
@@ -700,6 +716,10 @@ impl Run<'_> {
             );
         }
         if delete {
+            // Its folder's mtime changes on the target (`changing`, on a field of its own).
+            if let Some(parent) = orphan.path.parent() {
+                self.folders_in_step.remove(&parent);
+            }
             state
                 .enqueue(vec![Operation::Remove { path: orphan.path.clone() }], Producer::Mirror)?;
             state.shadow.remove(&orphan.path);
@@ -711,12 +731,25 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Folders' attributes go last: creating their contents changed their mtimes.
+    /// Something at `path` is about to be sent: its folder's mtime may change on the target,
+    /// so the folder's attributes are set again at the end.
+    fn changing(&mut self, path: &RelPath) {
+        if let Some(parent) = path.parent() {
+            self.folders_in_step.remove(&parent);
+        }
+    }
+
+    /// Folders' attributes go last: creating their contents changed their mtimes. A folder
+    /// whose attributes were already right and in which nothing was sent is left alone (a
+    /// remirror that finds nothing to do sends nothing).
     fn finish_folders(&mut self, folders: &[RelPath]) -> Result<(), RunError> {
         if !self.sends() {
             return Ok(());
         }
         for folder in folders.iter().rev() {
+            if self.folders_in_step.contains(folder) {
+                continue;
+            }
             let local = folder.to_local(&self.pipe.root);
             let Ok(metadata) = std::fs::symlink_metadata(&local) else { continue };
             if folder.is_root() || metadata.is_dir() {
