@@ -26,8 +26,8 @@ pub const LOOKAHEAD_ENTRIES: usize = 65_536;
 /// What the walk hands over, in walk order.
 #[derive(Debug)]
 pub enum Walked {
-    /// A folder and its entries (less the excluded ones), with the entries that could not
-    /// be read: (what was wrong, why it is skipped).
+    /// A folder and its entries (less the excluded ones), with what could not be read in it
+    /// (each an error naming the entry).
     Folder { path: RelPath, children: Vec<Entry>, unreadable: Vec<String> },
     /// A folder that cannot be listed: skipped whole.
     Unlistable { path: RelPath, error: String },
