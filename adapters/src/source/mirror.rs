@@ -46,8 +46,10 @@ use crate::wire::{MAX_HASHES_PER_REPLY, Message};
 /// Mirror operations queued and not yet acknowledged before the walk waits (the seeds'
 /// "maximum pending mirror operations": 1000).
 pub const PENDING_MIRROR_OPS: u64 = 1_000;
-/// Folders whose target listing is asked for ahead of time.
-const LISTING_PREFETCH: usize = 16;
+/// Folders whose target listing is asked for ahead of time: enough that the target answers
+/// them back to back (16 left a remirror of 17,424 unchanged folders at 1.55 s; 64 and 256
+/// both about 1.0 s).
+const LISTING_PREFETCH: usize = 64;
 /// The most skipped files named in one report.
 const SKIPPED_PER_REPORT: usize = 100;
 
