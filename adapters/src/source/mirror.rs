@@ -314,10 +314,20 @@ impl Run<'_> {
         }
     }
 
+    /// Takes the walk's count of the files and bytes to mirror, once it is there.
+    fn take_size(&mut self) {
+        if let Some((total_bytes, total_files)) = self.walk.size() {
+            self.counters.total_bytes = Some(total_bytes);
+            self.counters.total_files = Some(total_files);
+            (self.progress)(Progress::Sized { total_bytes, total_files });
+        }
+    }
+
     /// The next folder of the walk with its entries, or `None` at the end.
     fn next_folder(&mut self) -> Result<Option<Folder>, RunError> {
         loop {
             self.check()?;
+            self.take_size();
             let Some(walked) = self.walk.next() else {
                 self.check()?;
                 return Err(RunError::Source("the walk of the source stopped".into()));
@@ -338,16 +348,14 @@ impl Run<'_> {
                     self.missing_on_target.remove(&path);
                     self.skip(error, "cannot be read");
                 }
-                Walked::Sized { total_bytes, total_files } => {
-                    self.counters.total_bytes = Some(total_bytes);
-                    self.counters.total_files = Some(total_files);
-                    (self.progress)(Progress::Sized { total_bytes, total_files });
-                }
                 Walked::WatchFailed(message) => {
                     self.watch = None;
                     (self.progress)(Progress::WatchFailed(message));
                 }
-                Walked::Done => return Ok(None),
+                Walked::Done => {
+                    self.take_size(); // told before Done
+                    return Ok(None);
+                }
             }
         }
     }
@@ -777,6 +785,7 @@ impl Run<'_> {
     }
 
     fn report_progress(&mut self) {
+        self.take_size();
         if self.last_report.elapsed() >= Duration::from_millis(500) {
             self.last_report = Instant::now();
             (self.progress)(Progress::Counters(self.counters.clone()));

@@ -31,8 +31,6 @@ pub enum Walked {
     Folder { path: RelPath, children: Vec<Entry>, unreadable: Vec<String> },
     /// A folder that cannot be listed: skipped whole.
     Unlistable { path: RelPath, error: String },
-    /// The files and bytes to mirror ("calculate size").
-    Sized { total_bytes: u64, total_files: u64 },
     /// Change capture's watch cannot take more folders (the message says what to do).
     WatchFailed(String),
     /// The walk reached its end.
@@ -42,6 +40,9 @@ pub enum Walked {
 /// The comparison's end of a walk.
 pub struct Walk {
     walked: Receiver<Walked>,
+    /// The files and bytes to mirror ("calculate size"): apart from the folders, so the size
+    /// is known as soon as it is counted, not when the comparison reaches the walk's end.
+    sized: Receiver<(u64, u64)>,
     /// Entries taken by the comparison; the walk keeps at most [`LOOKAHEAD_ENTRIES`] more.
     taken: Arc<AtomicUsize>,
 }
@@ -68,19 +69,21 @@ impl Walk {
         lookahead: usize,
     ) -> std::io::Result<Walk> {
         let (send, walked) = channel();
+        let (size, sized) = channel();
         let taken = Arc::new(AtomicUsize::new(0));
         let walker = Walker {
             pipe,
             control,
             watch,
             send,
+            told_size: size,
             taken: Arc::clone(&taken),
             lookahead,
             listed: 0,
             size: count.then_some((0, 0)),
         };
         std::thread::Builder::new().name("mirror-walk".into()).spawn(move || walker.run())?;
-        Ok(Walk { walked, taken })
+        Ok(Walk { walked, sized, taken })
     }
 
     /// The next thing the walk found; `None` if the walk ended without saying `Done` (it was
@@ -92,6 +95,11 @@ impl Walk {
         }
         Some(walked)
     }
+
+    /// The files and bytes to mirror, once counted (told once; always before `Done`).
+    pub fn size(&self) -> Option<(u64, u64)> {
+        self.sized.try_recv().ok()
+    }
 }
 
 struct Walker {
@@ -99,6 +107,8 @@ struct Walker {
     control: Arc<Control>,
     watch: Option<Arc<TreeWatch>>,
     send: Sender<Walked>,
+    /// Where the size goes, once counted.
+    told_size: Sender<(u64, u64)>,
     taken: Arc<AtomicUsize>,
     lookahead: usize,
     /// Entries handed over so far.
@@ -139,10 +149,8 @@ impl Walker {
                 return;
             }
         }
-        if let Some((total_bytes, total_files)) = self.size.take()
-            && !self.tell(Walked::Sized { total_bytes, total_files })
-        {
-            return;
+        if let Some(total) = self.size.take() {
+            let _ = self.told_size.send(total);
         }
         self.tell(Walked::Done);
     }
@@ -168,13 +176,7 @@ impl Walker {
                 let mut rest = pending.to_vec();
                 rest.push(next.clone());
                 let Some((more_bytes, more_files)) = self.count(rest) else { return false };
-                let sized = Walked::Sized {
-                    total_bytes: bytes + more_bytes,
-                    total_files: files + more_files,
-                };
-                if !self.tell(sized) {
-                    return false;
-                }
+                let _ = self.told_size.send((bytes + more_bytes, files + more_files));
                 continue;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -270,11 +272,11 @@ mod tests {
     fn drain(walk: &Walk, slowly: bool) -> (Vec<String>, (u64, u64), usize) {
         let (mut folders, mut sized) = (Vec::new(), None);
         loop {
+            if sized.is_none() {
+                sized = walk.size().map(|size| (size, folders.len()));
+            }
             match walk.next().expect("the walk ends with Done") {
                 Walked::Folder { path, .. } => folders.push(path.to_string()),
-                Walked::Sized { total_bytes, total_files } => {
-                    sized = Some(((total_bytes, total_files), folders.len()));
-                }
                 Walked::Done => break,
                 other => panic!("unexpected {other:?}"),
             }
@@ -282,7 +284,9 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        let (size, after) = sized.expect("the size is told");
+        let (size, after) = sized
+            .or_else(|| walk.size().map(|size| (size, folders.len())))
+            .expect("the size is told");
         (folders, size, after)
     }
 
@@ -290,9 +294,8 @@ mod tests {
     fn a_walk_hands_over_every_folder_in_scan_order_and_counts_once() {
         let (dir, queues) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let expected = tree(dir.path());
-        let (folders, size, after) = drain(&walk(dir.path(), queues.path(), 1_000), false);
+        let (folders, size, _) = drain(&walk(dir.path(), queues.path(), 1_000), false);
         assert_eq!(size, expected, "excluded files are not counted");
-        assert_eq!(after, folders.len(), "a walk within the look-ahead counts as it lists");
         let mut order = vec![".".to_string()];
         for d in 0..6 {
             order.push(format!("d{d:02}"));
