@@ -79,11 +79,16 @@ pub struct TargetRoot {
 /// A sync begun by [`TargetRoot::begin_sync`], to finish on any thread.
 #[derive(Debug)]
 pub struct PendingSync {
-    /// The root, for `syncfs`; `None` without it.
-    root: Option<OwnedFd>,
-    /// Without `syncfs`: every file and folder touched since the last sync.
-    files: Vec<(RelPath, OwnedFd)>,
+    what: ToSync,
     unavailable: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+enum ToSync {
+    /// The root's file system, with `syncfs` on the root.
+    FileSystem(OwnedFd),
+    /// Without `syncfs`: every file and folder touched since the last sync.
+    Each(Vec<(RelPath, OwnedFd)>),
 }
 
 impl PendingSync {
@@ -94,22 +99,25 @@ impl PendingSync {
     /// The file system reports a failure to write back (`EIO`, `ENOSPC`): some data may be
     /// lost, so nothing may be acknowledged.
     pub fn finish(self) -> Result<(), ApplyError> {
-        if let Some(root) = &self.root {
-            return match rfs::syncfs(root) {
-                Ok(()) => Ok(()),
-                Err(Errno::NOSYS) | Err(Errno::PERM) => {
-                    // No syncfs here (an old kernel, a sandbox): nothing was recorded to fsync
-                    // one by one yet, so this once sync everything; from now on the root
-                    // records what each round touches. The flag goes up before the sync, so
-                    // whatever is applied meanwhile is either recorded or covered by it.
-                    self.unavailable.store(true, Ordering::SeqCst);
-                    rfs::sync();
-                    Ok(())
-                }
-                Err(e) => Err(ApplyError::from_io("sync", &RelPath::root(), io_err(e))),
-            };
-        }
-        for (path, fd) in &self.files {
+        let files = match &self.what {
+            ToSync::FileSystem(root) => {
+                return match rfs::syncfs(root) {
+                    Ok(()) => Ok(()),
+                    Err(Errno::NOSYS) | Err(Errno::PERM) => {
+                        // No syncfs here (an old kernel, a sandbox): nothing was recorded to fsync
+                        // one by one yet, so this once sync everything; from now on the root
+                        // records what each round touches. The flag goes up before the sync, so
+                        // whatever is applied meanwhile is either recorded or covered by it.
+                        self.unavailable.store(true, Ordering::SeqCst);
+                        rfs::sync();
+                        Ok(())
+                    }
+                    Err(e) => Err(ApplyError::from_io("sync", &RelPath::root(), io_err(e))),
+                };
+            }
+            ToSync::Each(files) => files,
+        };
+        for (path, fd) in files {
             rfs::fsync(fd).map_err(|e| ApplyError::from_io("fsync", path, io_err(e)))?;
         }
         Ok(())
@@ -242,11 +250,9 @@ impl TargetRoot {
     pub fn begin_sync(&mut self) -> Result<PendingSync, ApplyError> {
         let unavailable = Arc::clone(&self.syncfs_unavailable);
         if !unavailable.load(Ordering::SeqCst) {
-            let root = self
-                .root
-                .try_clone()
-                .map_err(|e| ApplyError::from_io("sync", &RelPath::root(), e))?;
-            return Ok(PendingSync { files: Vec::new(), root: Some(root), unavailable });
+            let root = rustix::io::dup(&self.root)
+                .map_err(|e| ApplyError::from_io("sync", &RelPath::root(), io_err(e)))?;
+            return Ok(PendingSync { what: ToSync::FileSystem(root), unavailable });
         }
         let touched = std::mem::take(&mut self.touched);
         let mut files = Vec::with_capacity(touched.len());
@@ -277,7 +283,7 @@ impl TargetRoot {
                 }
             }
         }
-        Ok(PendingSync { files, root: None, unavailable })
+        Ok(PendingSync { what: ToSync::Each(files), unavailable })
     }
 
     fn touch(&mut self, op: &Operation) {

@@ -165,6 +165,7 @@ impl Walker {
     /// what is under it, then `pending` and what is under them) if the size is wanted.
     fn room(&mut self, next: &RelPath, pending: &[RelPath]) -> bool {
         loop {
+            // The `Walk` holds the other count of `taken`: alone, the comparison is gone.
             if self.control.is_stopped() || Arc::strong_count(&self.taken) == 1 {
                 return false;
             }
