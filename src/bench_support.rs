@@ -83,11 +83,11 @@ pub fn make_tree(dir: &Path, files: u64, total_mb: u64) -> Result<String> {
     Ok(format!("the built-in generator (mktree.py's recipe), {files} files, {total_mb} MiB"))
 }
 
-/// A seeded generator (splitmix64): the same tree on every run.
-struct Rng(u64);
+/// A seeded generator (splitmix64): the same tree (and the same churn) on every run.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -95,8 +95,18 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `n` incompressible bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut chunk = Vec::with_capacity(n + 8);
+        while chunk.len() < n {
+            chunk.extend_from_slice(&self.next().to_le_bytes());
+        }
+        chunk.truncate(n);
+        chunk
     }
 }
 
@@ -128,11 +138,7 @@ fn generate_tree(root: &Path, files: u64, total_mb: u64) -> Result<()> {
                 let chunk: Vec<u8> = text.iter().cycle().take(n).copied().collect();
                 file.write_all(&chunk)?;
             } else {
-                let mut chunk = Vec::with_capacity(n + 8);
-                while chunk.len() < n {
-                    chunk.extend_from_slice(&rng.next().to_le_bytes());
-                }
-                file.write_all(&chunk[..n])?;
+                file.write_all(&rng.bytes(n))?;
             }
             left -= n as u64;
         }

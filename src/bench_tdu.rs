@@ -10,6 +10,9 @@
 //! 3. Forecast against reality: the TDU's forecast of the mirror over a fixed limit, then a
 //!    real files job with that limit to a target on this machine (a local daemon), timed from
 //!    its `mirror_started_at` to its `mirror_ended_at`.
+//! 4. The replication forecast against reality: churn recorded with `understudy tdu --watch`
+//!    on a copy of the tree, forecast at a limit, replayed into a real files job at that limit
+//!    ([`replication`]).
 //!
 //! The default tree is `../shared/tools/mktree.py`'s (20,000 files, 1 GiB, heavy-tailed sizes,
 //! nested folders with spaces and non-ASCII names, half the data compressible), made by that
@@ -27,6 +30,8 @@ use understudy_core::spec::{BandwidthLimit, JobSpec, TargetEndpoint, TargetSpec}
 
 use crate::bench_support::{BenchDaemon, Census, gib, make_tree, time_plain_read, warm};
 
+mod replication;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct TduBench {
@@ -38,6 +43,8 @@ pub struct TduBench {
     pub total_mb: u64,
     /// The bandwidth limit of the forecast-against-reality figure, in MB/s (10^6 bytes).
     pub limit_mb: u64,
+    /// The bandwidth limit of the replication forecast-against-reality figure, in kB/s.
+    pub replication_limit_kb: u64,
 }
 
 /// The levels, in the order they are measured.
@@ -54,6 +61,12 @@ const RUNS: usize = 2;
 pub fn run(options: &TduBench) -> Result<()> {
     if options.limit_mb == 0 {
         return Err(crate::UserError("--limit-mb must be at least 1".into()).into());
+    }
+    if options.replication_limit_kb < 4 {
+        return Err(crate::UserError(
+            "--replication-limit-kb must be at least 4 (a limit is at least 3500 B/s)".into(),
+        )
+        .into());
     }
     let base = std::env::temp_dir().join(format!("understudy-bench-tdu-{}", std::process::id()));
     if base.exists() {
@@ -196,6 +209,29 @@ fn measure(options: &TduBench, base: &Path) -> Result<()> {
         actual.wire_bytes,
         actual.wire_bytes as f64 / best_ours.bytes_compressed.max(1) as f64,
         actual.replication_data_bytes
+    );
+
+    // 4. The replication forecast against a real job fed the recorded churn.
+    let limit = options.replication_limit_kb * 1000;
+    println!();
+    println!(
+        "4. replication forecast against reality: churn recorded with tdu --watch on a copy of the tree, replayed into a files job limited to {} kB/s",
+        options.replication_limit_kb
+    );
+    let churn = replication::measure(base, &tree, limit)?;
+    println!(
+        "   recorded {:.1} MB of changes: mean {:.0} kB/s, peak interval {:.0} kB/s",
+        churn.recorded_bytes / 1e6,
+        churn.recorded_mean / 1e3,
+        churn.recorded_peak / 1e3
+    );
+    println!(
+        "   queue high-water mark: forecast {:.2} MB   actual {:.2} MB (at {:.0} s of the replay; {:.1} MB replayed)   actual / forecast = {:.3}",
+        churn.forecast / 1e6,
+        churn.actual / 1e6,
+        churn.peak_at,
+        churn.replayed as f64 / 1e6,
+        churn.actual / churn.forecast
     );
     Ok(())
 }

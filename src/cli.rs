@@ -223,7 +223,7 @@ enum BenchCommand {
         dir: Option<PathBuf>,
     },
     /// The TDU: null-target mirror against reading the tree, each compression level's ratio
-    /// and CPU cost, and the mirror forecast against a real files job at a limit.
+    /// and CPU cost, and the mirror and replication forecasts against real files jobs at a limit.
     Tdu {
         /// Measure this tree (default: generate one with ../shared/tools/mktree.py's recipe).
         #[arg(long)]
@@ -237,6 +237,10 @@ enum BenchCommand {
         /// The real files job's bandwidth limit, in MB/s (10^6 bytes per second).
         #[arg(long, default_value_t = 20)]
         limit_mb: u64,
+        /// The limit of the replication forecast's real job, in kB/s (10^3 bytes per second);
+        /// the recorded churn bursts to 2.5 times it.
+        #[arg(long, default_value_t = 1000)]
+        replication_limit_kb: u64,
     },
     /// The event log: durable appends per second, replay speed, checkpoints.
     EventLog {
@@ -339,9 +343,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 crate::bench_files::FilesBench { files, total_mb, rate, seconds, dir, runs };
             runtime()?.block_on(crate::bench_files::run(options))
         }
-        Command::Bench { which: BenchCommand::Tdu { tree, files, total_mb, limit_mb } } => {
-            crate::bench_tdu::run(&crate::bench_tdu::TduBench { tree, files, total_mb, limit_mb })
-        }
+        Command::Bench {
+            which: BenchCommand::Tdu { tree, files, total_mb, limit_mb, replication_limit_kb },
+        } => crate::bench_tdu::run(&crate::bench_tdu::TduBench {
+            tree,
+            files,
+            total_mb,
+            limit_mb,
+            replication_limit_kb,
+        }),
         Command::Bench { which: BenchCommand::EventLog { events, dir } } => {
             crate::bench::event_log(events, dir)
         }
