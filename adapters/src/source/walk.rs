@@ -20,8 +20,11 @@ use super::pipe::Pipe;
 use super::treewatch::TreeWatch;
 use crate::fsops::{Entry, EntryKind, RelPath, list_folder};
 
-/// Listed entries the walk may hold ahead of the comparison (about 200 bytes each).
-pub const LOOKAHEAD_ENTRIES: usize = 65_536;
+/// Listed entries the walk may hold ahead of the comparison (a few hundred bytes each with
+/// their folders): still seconds of the comparison's work on a tree of small files. 65,536
+/// cost the daemon 30 MB of its peak on a 200,000-file tree (174 MB against 144 MB with
+/// 4,096).
+pub const LOOKAHEAD_ENTRIES: usize = 16_384;
 
 /// What the walk hands over, in walk order.
 #[derive(Debug)]
