@@ -369,6 +369,7 @@ fn owners_are_applied_when_running_as_root() {
     let mut root = TargetRoot::open(&w.root).unwrap();
     let m = Meta { uid: 4242, gid: 4343, ..meta(0o644) };
     root.apply(&Operation::CreateFile { path: p("owned"), meta: m }).unwrap();
+    root.apply(&Operation::SetMeta { path: p("owned"), meta: m }).unwrap();
     root.apply(&Operation::Symlink { path: p("l"), target: b"owned".to_vec() }).unwrap();
     root.apply(&Operation::SetMeta { path: p("l"), meta: m }).unwrap();
     let (fm, lm) = (
@@ -382,6 +383,29 @@ fn owners_are_applied_when_running_as_root() {
         // Not root: owners are skipped, nothing fails.
         assert_eq!(fm.uid(), rustix::process::geteuid().as_raw());
     }
+}
+
+#[test]
+fn a_new_file_is_private_until_its_attributes_follow_its_data() {
+    let w = world();
+    let mut root = TargetRoot::open(&w.root).unwrap();
+    let (f, m) = (p("new"), Meta { mtime_ns: 1_000_000_000, ..meta(0o4755) });
+    root.apply(&Operation::CreateFile { path: f.clone(), meta: m }).unwrap();
+    let mode = |name: &str| fs::metadata(w.root.join(name)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("new") & 0o077, 0, "no one else reads a file while it is written");
+    root.apply(&Operation::Write { path: f.clone(), offset: 0, data: Bytes::from_static(b"data") })
+        .unwrap();
+    root.apply(&Operation::SetMeta { path: f.clone(), meta: m }).unwrap();
+    let done = fs::metadata(w.root.join("new")).unwrap();
+    assert_eq!((mode("new"), done.mtime()), (0o4755, 1), "SetMeta gives the exact attributes");
+
+    // An existing file (truncated, same inode) gets the attributes at once, writable.
+    root.apply(&Operation::CreateFile { path: f.clone(), meta: meta(0o444) }).unwrap();
+    assert_eq!(mode("new"), 0o644);
+    // Setting what is already there changes nothing and still sets the times.
+    root.apply(&Operation::SetMeta { path: f, meta: m }).unwrap();
+    let again = fs::metadata(w.root.join("new")).unwrap();
+    assert_eq!((mode("new"), again.mtime(), again.len()), (0o4755, 1, 0));
 }
 
 #[test]

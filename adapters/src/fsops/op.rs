@@ -205,8 +205,10 @@ pub enum Operation {
     /// Create a regular file (and any missing parents) or truncate an existing one to zero.
     ///
     /// An existing file with other hard links is unlinked first rather than truncated, so the
-    /// other names keep their data. The mode is applied with owner write added so the writes
-    /// that follow can open it; send [`Operation::SetMeta`] after the file's last write.
+    /// other names keep their data. A new file is created owned by the target engine with
+    /// mode 0600; an existing one gets `meta` with owner write added, so the writes that
+    /// follow can open it. Either way, send [`Operation::SetMeta`] after the file's last
+    /// write: that sets its attributes.
     CreateFile {
         /// Where.
         path: RelPath,

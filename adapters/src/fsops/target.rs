@@ -543,7 +543,7 @@ impl TargetRoot {
     fn create_file(&mut self, path: &RelPath, meta: &Meta) -> Result<Applied, ApplyError> {
         const OP: &str = "create";
         let (parent, name) = self.parent(path, true)?;
-        match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let existing = match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => match FileType::from_raw_mode(st.st_mode) {
                 FileType::Symlink => return Err(final_symlink(path)),
                 FileType::Directory => {
@@ -554,13 +554,14 @@ impl TargetRoot {
                 FileType::RegularFile if st.st_nlink > 1 => {
                     rfs::unlinkat(&parent, name, AtFlags::empty())
                         .map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
+                    false
                 }
-                FileType::RegularFile => {}
+                FileType::RegularFile => true,
                 _ => return Err(not_regular(OP, path)),
             },
-            Err(Errno::NOENT) => {}
+            Err(Errno::NOENT) => false,
             Err(e) => return Err(ApplyError::from_io(OP, path, io_err(e))),
-        }
+        };
         let fd = rfs::openat(
             &parent,
             name,
@@ -569,7 +570,11 @@ impl TargetRoot {
         )
         .map_err(|e| final_err(OP, path, e))?;
         ensure_regular(&fd, OP, path)?;
-        self.apply_meta_fd(fd.as_fd(), meta, meta.mode | 0o200, path)?;
+        // A new file is this engine's, writable (0600): its attributes come with the SetMeta
+        // after its data. An existing one gets them now, with owner write for the writes.
+        if existing {
+            self.apply_meta_fd(fd.as_fd(), meta, meta.mode | 0o200, path)?;
+        }
         // Its data comes next.
         self.write_handle = Some((path.clone(), File::from(fd)));
         Ok(Applied::Changed)
@@ -830,7 +835,9 @@ impl TargetRoot {
     }
 
     /// Owner (when privileged), mode, then times on an open handle: chown first because it
-    /// clears setuid/setgid, times last because the others change ctime only.
+    /// clears setuid/setgid, times last because the others change ctime only. An owner or
+    /// mode already right is left alone: each change is a journalled inode update, and a
+    /// mirror sets the attributes of every file and folder it makes.
     fn apply_meta_fd(
         &self,
         fd: BorrowedFd<'_>,
@@ -839,7 +846,9 @@ impl TargetRoot {
         path: &RelPath,
     ) -> Result<(), ApplyError> {
         const OP: &str = "set the attributes of";
-        if self.privileged {
+        let st = rfs::fstat(fd).map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
+        let chown = self.privileged && (st.st_uid != meta.uid || st.st_gid != meta.gid);
+        if chown {
             chown_tolerant(
                 rfs::fchown(
                     fd,
@@ -850,8 +859,10 @@ impl TargetRoot {
                 path,
             )?;
         }
-        rfs::fchmod(fd, Mode::from_raw_mode(mode))
-            .map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
+        if chown || st.st_mode & 0o7777 != mode {
+            rfs::fchmod(fd, Mode::from_raw_mode(mode))
+                .map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
+        }
         rfs::futimens(fd, &timestamps(meta))
             .map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
         Ok(())
