@@ -661,7 +661,9 @@ impl TargetRoot {
         .map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
         let st = rfs::fstat(&fd).map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
         let is_symlink = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
-        if self.privileged {
+        // As in `apply_meta_fd`: what is already right is left alone.
+        let chown = self.privileged && (st.st_uid != meta.uid || st.st_gid != meta.gid);
+        if chown {
             let owner = (rfs::Uid::from_raw(meta.uid), rfs::Gid::from_raw(meta.gid));
             chown_tolerant(
                 rfs::chownat(&fd, "", Some(owner.0), Some(owner.1), AtFlags::EMPTY_PATH),
@@ -669,7 +671,7 @@ impl TargetRoot {
                 path,
             )?;
         }
-        if !is_symlink {
+        if !is_symlink && (chown || st.st_mode & 0o7777 != meta.mode) {
             // chmod through the handle's /proc magic link reaches exactly the inode opened,
             // even if the name is swapped for a symlink meanwhile (glibc's lchmod does the same).
             let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
