@@ -27,6 +27,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use understudy_core::spec::{BandwidthLimit, JobSpec, TargetEndpoint, TargetSpec};
 
+use understudy_simulator::tdu::stats::{Interval, read_csv_file};
+
 use crate::bench_support::{BenchDaemon, Rng, walk};
 
 /// How long the churn is recorded, and the length of one recorded interval.
@@ -98,8 +100,8 @@ pub fn measure(base: &Path, tree: &Path, limit: u64) -> Result<Measured> {
     )?;
     churn.finish()?;
     let recorded = &report["replication"];
-    let rows = stats_rows(&std::fs::read_to_string(&stats)?)?;
-    let recorded_bytes: f64 = rows.iter().map(|r| r.bytes).sum();
+    let rows = read_csv_file(&stats)?.intervals;
+    let recorded_bytes = rows.iter().map(|r| r.bytes_read).sum::<u64>() as f64;
 
     // 2. Forecast.
     let forecast = run_json(
@@ -208,55 +210,24 @@ fn bursts(files: &[PathBuf], limit: u64, stop: &AtomicBool) -> Result<u64> {
     Ok(written)
 }
 
-/// One row of a statistics file: when, how long, and the change bytes read.
-#[derive(Clone, Copy)]
-struct Row {
-    at: f64,
-    seconds: f64,
-    bytes: f64,
-}
-
-/// The rows of a statistics file (`#` lines are metadata; the first other line is the header).
-fn stats_rows(text: &str) -> Result<Vec<Row>> {
-    let mut lines = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
-    let header: Vec<&str> =
-        lines.next().context("the statistics file has no header")?.split(',').collect();
-    let column = |name: &str| {
-        header.iter().position(|h| *h == name).with_context(|| format!("no column {name}"))
-    };
-    let (at, seconds, bytes) = (column("at_secs")?, column("seconds")?, column("bytes_read")?);
-    lines
-        .map(|line| {
-            let fields: Vec<f64> = line
-                .split(',')
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("a malformed row: {line}"))?;
-            let field =
-                |i: usize| fields.get(i).copied().with_context(|| format!("a short row: {line}"));
-            Ok(Row { at: field(at)?, seconds: field(seconds)?, bytes: field(bytes)? })
-        })
-        .collect()
-}
-
 /// Writes each row's bytes into files of the tree, spread evenly over the row's interval on the
 /// recording's own timetable, to files taken from the back of `files`.
-fn replay(files: &[PathBuf], rows: &[Row], stop: &AtomicBool) -> Result<u64> {
+fn replay(files: &[PathBuf], rows: &[Interval], stop: &AtomicBool) -> Result<u64> {
     let mut rng = Rng(31);
     let started = Instant::now();
-    let origin = rows.first().map_or(0.0, |r| r.at);
+    let origin = rows.first().map_or(0.0, |r| r.at_secs);
     let mut written = 0u64;
     let mut n = 0usize;
     for row in rows {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let (pieces, total) =
-            (((row.seconds * REPLAY_WRITES_PER_SECOND).round() as u64).max(1), row.bytes as u64);
+            (((row.seconds * REPLAY_WRITES_PER_SECOND).round() as u64).max(1), row.bytes_read);
         for k in 0..pieces {
             if stop.load(Ordering::Relaxed) {
                 return Ok(written);
             }
             let offset = row.seconds * k as f64 / pieces as f64;
-            let due = started + Duration::from_secs_f64(row.at - origin + offset);
+            let due = started + Duration::from_secs_f64(row.at_secs - origin + offset);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
@@ -278,7 +249,7 @@ fn replay_into_job(
     base: &Path,
     copy: &Path,
     files: &Arc<Vec<PathBuf>>,
-    rows: &[Row],
+    rows: &[Interval],
     limit: u64,
 ) -> Result<(f64, u64, f64)> {
     let daemon = BenchDaemon::start(&base.join("daemon-replication"))?;
