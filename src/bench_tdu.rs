@@ -41,7 +41,7 @@ pub struct TduBench {
     pub files: u64,
     /// Size of the generated tree, in MiB.
     pub total_mb: u64,
-    /// The bandwidth limit of the forecast-against-reality figure, in MB/s (10^6 bytes).
+    /// The bandwidth limit of the mirror forecast-against-reality figure, in MB/s (10^6 bytes).
     pub limit_mb: u64,
     /// The bandwidth limit of the replication forecast-against-reality figure, in kB/s.
     pub replication_limit_kb: u64,

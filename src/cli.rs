@@ -234,7 +234,7 @@ enum BenchCommand {
         /// Total size of the generated tree, in MiB.
         #[arg(long, default_value_t = 1024)]
         total_mb: u64,
-        /// The real files job's bandwidth limit, in MB/s (10^6 bytes per second).
+        /// The limit of the mirror forecast's real files job, in MB/s (10^6 bytes per second).
         #[arg(long, default_value_t = 20)]
         limit_mb: u64,
         /// The limit of the replication forecast's real job, in kB/s (10^3 bytes per second);
