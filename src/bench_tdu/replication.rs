@@ -290,7 +290,11 @@ fn replay_into_job(
             )
             .await?;
         // Whatever the mirror left queued goes first, so the replay starts from an empty queue.
+        let settling = Instant::now();
         while client.get(job).await?["replication_queue_bytes"].as_u64() != Some(0) {
+            if settling.elapsed() > Duration::from_secs(600) {
+                bail!("the job's queue did not drain before the replay");
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 

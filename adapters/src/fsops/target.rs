@@ -661,8 +661,7 @@ impl TargetRoot {
         .map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
         let st = rfs::fstat(&fd).map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
         let is_symlink = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
-        // As in `apply_meta_fd`: what is already right is left alone.
-        let chown = self.privileged && (st.st_uid != meta.uid || st.st_gid != meta.gid);
+        let (chown, chmod) = self.changes(&st, meta, meta.mode);
         if chown {
             let owner = (rfs::Uid::from_raw(meta.uid), rfs::Gid::from_raw(meta.gid));
             chown_tolerant(
@@ -671,7 +670,7 @@ impl TargetRoot {
                 path,
             )?;
         }
-        if !is_symlink && (chown || st.st_mode & 0o7777 != meta.mode) {
+        if !is_symlink && chmod {
             // chmod through the handle's /proc magic link reaches exactly the inode opened,
             // even if the name is swapped for a symlink meanwhile (glibc's lchmod does the same).
             let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
@@ -836,10 +835,18 @@ impl TargetRoot {
         Ok(Applied::Changed)
     }
 
-    /// Owner (when privileged), mode, then times on an open handle: chown first because it
-    /// clears setuid/setgid, times last because the others change ctime only. An owner or
-    /// mode already right is left alone: each change is a journalled inode update, and a
-    /// mirror sets the attributes of every file and folder it makes.
+    /// Whether an object with `st` needs a chown (only when privileged) and a chmod to get
+    /// `meta`'s owner and `mode`. What is already right is left alone: each change is a
+    /// journalled inode update, and a mirror sets the attributes of every file and folder it
+    /// makes. A chown clears setuid/setgid, so the mode is set again after one.
+    fn changes(&self, st: &rfs::Stat, meta: &Meta, mode: u32) -> (bool, bool) {
+        let chown = self.privileged && (st.st_uid != meta.uid || st.st_gid != meta.gid);
+        (chown, chown || st.st_mode & 0o7777 != mode)
+    }
+
+    /// Owner (when privileged), mode, then times on an open handle, each only if it differs
+    /// ([`TargetRoot::changes`]): chown first because it clears setuid/setgid, times last
+    /// because the others change ctime only.
     fn apply_meta_fd(
         &self,
         fd: BorrowedFd<'_>,
@@ -849,7 +856,7 @@ impl TargetRoot {
     ) -> Result<(), ApplyError> {
         const OP: &str = "set the attributes of";
         let st = rfs::fstat(fd).map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
-        let chown = self.privileged && (st.st_uid != meta.uid || st.st_gid != meta.gid);
+        let (chown, chmod) = self.changes(&st, meta, mode);
         if chown {
             chown_tolerant(
                 rfs::fchown(
@@ -861,7 +868,7 @@ impl TargetRoot {
                 path,
             )?;
         }
-        if chown || st.st_mode & 0o7777 != mode {
+        if chmod {
             rfs::fchmod(fd, Mode::from_raw_mode(mode))
                 .map_err(|e| ApplyError::from_io(OP, path, io_err(e)))?;
         }
