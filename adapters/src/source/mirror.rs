@@ -376,16 +376,27 @@ impl Run<'_> {
         let mut walked_all = false;
         loop {
             while !walked_all && ahead.len() < LISTING_PREFETCH {
-                let Some(folder) = self.next_folder()? else {
+                let Some(mut folder) = self.next_folder()? else {
                     walked_all = true;
                     break;
                 };
+                // Inside a folder known missing on the target, so missing too (the walk
+                // lists a folder before what is in it).
+                let parent = folder.path.parent();
+                folder.missing_on_target |= ahead.iter().rev().any(|(waiting, _)| {
+                    Some(&waiting.path) == parent.as_ref()
+                        && (waiting.missing_on_target
+                            || self.missing_on_target.contains(&waiting.path))
+                });
                 let listing = (!folder.missing_on_target).then(|| self.listing(&folder.path));
                 ahead.push_back((folder, listing));
             }
             let Some((folder, listing)) = ahead.pop_front() else { break };
-            // Its parent, compared before it, may have found it missing after it was listed.
-            self.missing_on_target.remove(&folder.path);
+            // Its parent, compared before it, may have found it missing after it was listed:
+            // then the answer is known (empty) and not waited for, which in an initial mirror
+            // would hold the walk until the target has applied everything sent before it.
+            let missing = self.missing_on_target.remove(&folder.path);
+            let listing = listing.filter(|_| !missing);
             let target = match listing.map(|listing| self.rt.block_on(listing)) {
                 // Missing on the target, so empty there.
                 None => Vec::new(),
@@ -691,10 +702,15 @@ impl Run<'_> {
             }
             let pipe = Arc::clone(&r.pipe);
             r.rt.block_on(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(200), pipe.changed.notified()).await;
-            });
-            false
+                let changed = pipe.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable(); // a change after this look is not missed
+                if !pipe.lock().mirror_should_wait(PENDING_MIRROR_OPS) {
+                    return true;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
+                false
+            })
         })
     }
 

@@ -167,22 +167,24 @@ impl PipeState {
         self.queue.len()
     }
 
-    /// Whether a mirror should wait before reading more: it holds at most `max_ops`
-    /// operations in the queue, and at most half of what a bounded queue can hold, so the
-    /// mirror alone never exhausts the queue (it can always read again later; captured
-    /// changes cannot).
+    /// Whether a mirror should wait before reading more: at most `max_ops` operations wait
+    /// in the queue to be sent (the seeds' "pending mirror operations"; what is in flight is
+    /// bounded by the sender's window), and the queue holds at most half of what a bounded
+    /// queue can hold, so the mirror alone never exhausts the queue (it can always read again
+    /// later; captured changes cannot).
     pub fn mirror_should_wait(&self, max_ops: u64) -> bool {
         let queued = self.queue.len();
         if queued == 0 {
             return false;
         }
+        let unsent = queued.saturating_sub(self.queue.in_flight());
         let limits = self.queue.limits();
         let bounded = match limits.disk {
             DiskLimit::Disabled => Some(limits.memory_bytes),
             DiskLimit::Limited(disk) => Some(limits.memory_bytes.saturating_add(disk)),
             DiskLimit::Unlimited => None,
         };
-        queued >= max_ops || bounded.is_some_and(|cap| self.queue.held_bytes() >= cap / 2)
+        unsent >= max_ops || bounded.is_some_and(|cap| self.queue.held_bytes() >= cap / 2)
     }
 }
 
@@ -336,6 +338,10 @@ impl Pipe {
             first.get_or_insert(seq);
             bytes += data.len();
             ops.push(EncodedOp(data));
+        }
+        drop(state);
+        if first.is_some() {
+            self.changed.notify_waiters(); // a mirror waiting for room may go on
         }
         Ok(first.map(|first| (first, ops)))
     }

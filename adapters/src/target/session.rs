@@ -269,6 +269,8 @@ struct SessionState {
 struct Syncer {
     requests: Option<std::sync::mpsc::Sender<(u64, PendingSync)>>,
     synced: Arc<(Mutex<Synced>, Condvar)>,
+    /// Told each time a sync ends, for an applier waiting on input and the sync at once.
+    finished: Arc<tokio::sync::Notify>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -294,6 +296,8 @@ impl Syncer {
         let synced =
             Arc::new((Mutex::new(Synced { durable, ..Synced::default() }), Condvar::new()));
         let told = Arc::clone(&synced);
+        let finished = Arc::new(tokio::sync::Notify::new());
+        let tell = Arc::clone(&finished);
         let worker = std::thread::Builder::new().name("target-sync".into()).spawn(move || {
             for (seq, pending) in incoming {
                 let record = |seq: u64| {
@@ -318,9 +322,11 @@ impl Syncer {
                     Err(error) => synced.failed = Some(error),
                 }
                 changed.notify_all();
+                drop(synced);
+                tell.notify_one();
             }
         })?;
-        Ok(Syncer { requests: Some(requests), synced, worker: Some(worker) })
+        Ok(Syncer { requests: Some(requests), synced, finished, worker: Some(worker) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Synced> {
@@ -413,17 +419,10 @@ impl Applier<'_> {
         loop {
             let message = match inbox.try_recv() {
                 Ok(message) => message,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // Input ran dry: make what was applied durable, then wait.
-                    self.sync_and_ack()?;
-                    self.live.idle.store(true, Ordering::SeqCst);
-                    let next = inbox.blocking_recv();
-                    self.live.idle.store(false, Ordering::SeqCst);
-                    match next {
-                        Some(message) => message,
-                        None => break,
-                    }
-                }
+                Err(mpsc::error::TryRecvError::Empty) => match self.wait_for_input(&mut inbox)? {
+                    Some(message) => message,
+                    None => break,
+                },
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
             if self.dirty && self.last_sync.elapsed() >= self.service.config.sync_interval {
@@ -493,6 +492,39 @@ impl Applier<'_> {
             }
         }
         self.sync_and_ack()
+    }
+
+    /// Input ran dry: makes what was applied durable while waiting for more (`None`: the
+    /// reader is gone). A sync in flight is not waited for, since the next message may come
+    /// first (during a mirror the input runs dry for moments, and waiting out a write-back
+    /// each time stalled the applier: ADR 15); when it ends with more applied since it began,
+    /// the next starts at once. `idle` shows only while everything applied is durable.
+    fn wait_for_input(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Message>,
+    ) -> Result<Option<Message>, String> {
+        loop {
+            if self.dirty {
+                self.sync_in_background()?;
+            }
+            if !self.dirty && !self.syncer.busy()? {
+                self.live.idle.store(true, Ordering::SeqCst);
+                let next = inbox.blocking_recv();
+                self.live.idle.store(false, Ordering::SeqCst);
+                return Ok(next);
+            }
+            // A sync is in flight: take the next message, or look again when the sync ends.
+            let finished = Arc::clone(&self.syncer.finished);
+            let next = self.runtime.block_on(async {
+                tokio::select! {
+                    message = inbox.recv() => Some(message),
+                    () = finished.notified() => None,
+                }
+            });
+            if let Some(message) = next {
+                return Ok(message);
+            }
+        }
     }
 
     /// Makes everything applied so far durable and acknowledged before returning.
