@@ -543,6 +543,23 @@ impl TargetRoot {
     fn create_file(&mut self, path: &RelPath, meta: &Meta) -> Result<Applied, ApplyError> {
         const OP: &str = "create";
         let (parent, name) = self.parent(path, true)?;
+        // Most creates are of a new name (a mirror into an empty folder): try that first, so
+        // only a name already taken costs a look at what holds it. O_EXCL does not follow a
+        // symlink; what it makes is a new regular file, this engine's, writable (0600): its
+        // attributes come with the SetMeta after its data.
+        match rfs::openat(
+            &parent,
+            name,
+            write_flags() | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => {
+                self.write_handle = Some((path.clone(), File::from(fd)));
+                return Ok(Applied::Changed);
+            }
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(final_err(OP, path, e)),
+        }
         let existing = match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => match FileType::from_raw_mode(st.st_mode) {
                 FileType::Symlink => return Err(final_symlink(path)),
@@ -570,8 +587,8 @@ impl TargetRoot {
         )
         .map_err(|e| final_err(OP, path, e))?;
         ensure_regular(&fd, OP, path)?;
-        // A new file is this engine's, writable (0600): its attributes come with the SetMeta
-        // after its data. An existing one gets them now, with owner write for the writes.
+        // An existing file gets its attributes now, with owner write for the writes (one
+        // that vanished since the first try is new after all, as above).
         if existing {
             self.apply_meta_fd(fd.as_fd(), meta, meta.mode | 0o200, path)?;
         }
