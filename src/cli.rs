@@ -24,6 +24,11 @@ impl Cli {
     pub fn is_quiet(&self) -> bool {
         matches!(self.command, Command::Demo { .. } | Command::Tdu { .. })
     }
+
+    /// Whether this command runs a daemon for longer than a moment.
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
 }
 
 /// Where the daemon's API is, for the commands that talk to it.

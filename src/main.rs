@@ -50,6 +50,9 @@ impl std::error::Error for CheckFailed {}
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if args.serves() {
+        limit_malloc_arenas();
+    }
     // Logs go to stderr; RUST_LOG chooses how much (the daemon says what it does at info).
     // The demo narrates on stdout; its daemon only speaks up when something is wrong.
     let default =
@@ -73,4 +76,27 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// glibc's malloc gives threads arenas of their own, up to eight per core, and each keeps what
+/// was freed in it: the daemon's resident memory crept up with every mirror (8-10 MB per
+/// remirror of a 20,000-file tree, its heap in use unchanged), but stayed flat with at most as
+/// many arenas as cores. glibc reads that limit from the environment when a process starts, and
+/// this crate has no unsafe code to call `mallopt`: so the daemon replaces itself once with the
+/// limit set (exec: the same process id, arguments and everything else). Scripts the daemon
+/// runs inherit the variable, which changes nothing but their allocator's arenas.
+fn limit_malloc_arenas() {
+    use std::os::unix::process::CommandExt as _;
+    const VARIABLE: &str = "MALLOC_ARENA_MAX";
+    if std::env::var_os(VARIABLE).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(VARIABLE, cores.max(2).to_string())
+        .exec();
+    // Only a failed exec returns: go on with the default arenas.
+    eprintln!("understudy: could not limit malloc arenas ({error}); going on without");
 }
