@@ -60,6 +60,7 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// mirroring to itself: 64 MiB cost 100 MB more at its peak than 16 MiB, for no mirror time
 /// measured; on a tree of small files the count bounds it (each operation has its overhead).
 const WINDOW_BYTES: u64 = 16 * 1024 * 1024;
+/// ... and at most this many operations.
 const WINDOW_OPS: u64 = 8192;
 /// How long the sender, woken from idle, waits for more operations to batch with the first.
 const COALESCE: Duration = Duration::from_millis(1);
