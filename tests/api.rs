@@ -305,3 +305,20 @@ fn events_are_ndjson_through_the_api_and_the_cli() {
     let _ = child.wait();
     assert!(seen_pause, "`events --follow` shows the pause as it is committed");
 }
+
+#[test]
+fn the_daemon_runs_with_malloc_arenas_limited_to_the_cores() {
+    let dir = support::tempdir("api-arenas");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    // Same process after the exec: its environment now holds the limit.
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon.pid())).unwrap();
+    let limit = environ
+        .split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(b"MALLOC_ARENA_MAX="))
+        .map(|value| String::from_utf8_lossy(value).into_owned());
+    let expected = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| {
+        std::thread::available_parallelism().map_or(2, |n| n.get()).max(2).to_string()
+    });
+    assert_eq!(limit.as_deref(), Some(expected.as_str()));
+    assert_eq!(daemon.get("/v1/jobs").status, 200, "and it serves its API as usual");
+}

@@ -620,6 +620,23 @@ mod tests {
     }
 
     #[test]
+    fn a_mirror_waits_for_operations_to_be_sent_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipe = open(dir.path());
+        pipe.connected(0).unwrap();
+        enqueue(&pipe, &["a", "b", "c"]);
+        assert!(pipe.lock().mirror_should_wait(3), "three wait to be sent");
+        assert!(!pipe.lock().mirror_should_wait(4));
+        let (_, ops) = pipe.next_batch(1 << 20, 2).unwrap().unwrap();
+        assert_eq!(ops.len(), 2);
+        assert!(
+            !pipe.lock().mirror_should_wait(3),
+            "sent and not yet acknowledged is the window's to bound, not the mirror's"
+        );
+        assert!(pipe.lock().mirror_should_wait(1), "one still waits to be sent");
+    }
+
+    #[test]
     fn a_target_ahead_of_the_numbering_forces_a_remirror() {
         let dir = tempfile::tempdir().unwrap();
         let pipe = open(dir.path());
