@@ -310,8 +310,17 @@ fn a_clean_shutdown_reloads_everything_and_a_crash_discards_the_tail() {
 #[test]
 fn one_queue_per_label_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let _a = SourceQueue::open(dir.path(), "job", small()).unwrap();
+    let a = SourceQueue::open(dir.path(), "job", small()).unwrap();
+    let started = std::time::Instant::now();
     assert!(matches!(SourceQueue::open(dir.path(), "job", small()), Err(QueueError::Io { .. })));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "it waited for the holder");
+    // A holder that lets go while the next one waits (a stopping task dropping it) hands over.
+    let letting_go = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(a);
+    });
+    let _a = SourceQueue::open(dir.path(), "job", small()).unwrap();
+    letting_go.join().unwrap();
     let _b = SourceQueue::open(dir.path(), "other", small()).unwrap();
     for bad in ["", "../x", "a/b", ".hidden", "sp ace"] {
         assert!(matches!(

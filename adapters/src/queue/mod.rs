@@ -55,6 +55,7 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -158,6 +159,25 @@ pub struct SourceQueue {
     _lock: File,
 }
 
+/// How long [`SourceQueue::open`] waits for the queue's lock. The holder may be this engine's
+/// previous queue for the same job, still dropped by a stopping task (a reversed job opens its
+/// queue again at once); it lets go within moments. Another engine holds it for good.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Takes an exclusive `flock` on `file`, trying again while it is held, for up to `patience`.
+fn lock_within(file: &File, patience: Duration) -> std::io::Result<()> {
+    let started = Instant::now();
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK && started.elapsed() < patience => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 impl SourceQueue {
     /// Opens the queue `label` (letters, digits, `-`, `_`, `.`; e.g. the job id and
     /// connection) in `dir`, creating the directory if needed, reloading what a clean
@@ -185,13 +205,11 @@ impl SourceQueue {
             OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
                 |source| QueueError::Io { op: "creating", path: lock_path.clone(), source },
             )?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |e| QueueError::Io {
-                op: "locking (is another engine using this queue?)",
-                path: lock_path.clone(),
-                source: e.into(),
-            },
-        )?;
+        lock_within(&lock, LOCK_PATIENCE).map_err(|source| QueueError::Io {
+            op: "locking (is another engine using this queue?)",
+            path: lock_path.clone(),
+            source,
+        })?;
 
         let mut queue = SourceQueue {
             dir,
