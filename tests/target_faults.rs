@@ -1,8 +1,8 @@
 //! Target faults: a target volume that fills up (the job shows health Error and target data
 //! state "Mirror Required", the daemon stays up, and the job recovers once there is room), an
 //! operation whose path escapes the target root through a symlink (refused with a `Nack`,
-//! nothing written outside), and a malformed frame (only its connection is closed; a real job
-//! keeps replicating).
+//! nothing written outside), a malformed frame (only its connection is closed; a real job
+//! keeps replicating), and a target's acknowledgements keeping pace with a full window.
 //!
 //! Method: the full volume is a 2 MB tmpfs mounted as the target root (needs root; the test
 //! says so and skips otherwise), watched with `understudy job show --json`. The hostile peer
@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use understudy_adapters::fsops::{Meta, Operation, RelPath};
 use understudy_adapters::wire::{
-    Compression, EncodedOp, HandshakeConfig, Message, Role, connect_handshake, read_message,
-    write_message,
+    Compression, EncodedOp, HandshakeConfig, Message, Role, SEND_WINDOW_OPS, SYNC_SHARE_OF_WINDOW,
+    connect_handshake, read_message, write_message,
 };
 use understudy_core::{ConnectionId, JobId};
 
@@ -402,6 +402,54 @@ fn a_malformed_frame_closes_only_its_connection() {
         "the target counts protocol errors: {errors_before} -> {errors_after}"
     );
     assert!(compare_trees(&source, &target).is_ok());
+}
+
+/// A target acknowledges a share of the sender's window once it has applied it, while more
+/// input is waiting (ADR 17): without that the first acknowledgement came only when the input
+/// ran dry, and a sender whose window was full waited for the target's whole sync each time.
+#[test]
+fn a_target_acknowledges_a_share_of_the_window_before_its_input_runs_dry() {
+    let dir = support::tempdir("early-sync");
+    let target = dir.path().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let share = SEND_WINDOW_OPS / SYNC_SHARE_OF_WINDOW;
+    // Small writes to one file: a batch is applied in moments, inside the sync interval.
+    let write = |i: u64| Operation::Write {
+        path: rel("f"),
+        offset: i * 8,
+        data: i.to_be_bytes().to_vec().into(),
+    };
+    let create = Operation::CreateFile { path: rel("f"), meta: file_meta() };
+    let encode = |op: Operation| EncodedOp::encode(&op).unwrap();
+    let first: Vec<EncodedOp> =
+        std::iter::once(create).chain((1..share).map(write)).map(encode).collect();
+    let second: Vec<EncodedOp> = (share..2 * share).map(write).map(encode).collect();
+
+    let acks = runtime().block_on(async {
+        let (mut stream, _) = open_session(&daemon.listen, &target).await;
+        // Both batches in one write: the second is waiting before the first is applied.
+        let mut both = Vec::new();
+        write_message(&mut both, &Message::Ops { first_seq: 1, ops: first }, Compression::None)
+            .await
+            .unwrap();
+        let second = Message::Ops { first_seq: share + 1, ops: second };
+        write_message(&mut both, &second, Compression::None).await.unwrap();
+        stream.write_all(&both).await.unwrap();
+        let mut acks = Vec::new();
+        while acks.last() != Some(&(2 * share)) {
+            match tokio::time::timeout(LONG, read_message(&mut stream)).await {
+                Ok(Ok(Message::Ack { seq })) => acks.push(seq),
+                Ok(Ok(Message::Nack { seq, error, .. })) => panic!("operation {seq}: {error}"),
+                Ok(Ok(_)) => {}
+                other => panic!("no acknowledgement of everything: {other:?} after {acks:?}"),
+            }
+        }
+        acks
+    });
+    assert_eq!(acks.first(), Some(&share), "the first batch was acknowledged by itself: {acks:?}");
+    let written = std::fs::read(target.join("f")).unwrap();
+    assert_eq!(written.len() as u64, 2 * share * 8);
 }
 
 /// Asserts the peer closes the connection (end of stream or reset) within 30 s; whatever it

@@ -47,21 +47,14 @@ use self::pipe::Pipe;
 use crate::fsops::RelPath;
 use crate::queue::{DiskLimit, QueueLimits};
 use crate::target::null::{NullCounters, serve as serve_null};
-use crate::wire::{Compression, HandshakeConfig, Message, Role, Secret};
+use crate::wire::{
+    Compression, HandshakeConfig, Message, Role, SEND_WINDOW_BYTES, SEND_WINDOW_OPS, Secret,
+};
 
 /// How often replication progress is reported (the machine records it at most every 2 s).
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// Encoded operations per batch sent (about one frame).
 const BATCH_BYTES: usize = 1024 * 1024;
-/// Operations sent but not yet acknowledged before the sender waits: enough to keep a 50 ms
-/// round trip at 1 Gbit/s busy (about 6 MiB) and a loopback target applying while it syncs
-/// (an acknowledgement waits for the target's next sync), bounded because what is in flight
-/// is held twice, in the source's queue and in the target's frames. Measured on one daemon
-/// mirroring to itself: 64 MiB cost 100 MB more at its peak than 16 MiB, for no mirror time
-/// measured; on a tree of small files the count bounds it (each operation has its overhead).
-const WINDOW_BYTES: u64 = 16 * 1024 * 1024;
-/// ... and at most this many operations.
-const WINDOW_OPS: u64 = 8192;
 /// How long the sender, woken from idle, waits for more operations to batch with the first.
 const COALESCE: Duration = Duration::from_millis(1);
 
@@ -917,8 +910,8 @@ async fn pump(
             skip_sent = owed;
         }
         let can_send = !transmit_paused.load(Ordering::SeqCst)
-            && window.bytes < WINDOW_BYTES
-            && window.ops < WINDOW_OPS;
+            && window.bytes < SEND_WINDOW_BYTES
+            && window.ops < SEND_WINDOW_OPS;
         if can_send && was_idle {
             // Woken from idle by the first new operation: give its neighbours a moment to
             // join it, so a burst of small files leaves as one frame, not one frame each.

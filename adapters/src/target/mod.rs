@@ -8,8 +8,9 @@
 //!
 //! Reading and applying are split: a reader task decodes frames into a channel; an applier on a
 //! blocking thread applies operations, answers queries in order with them (a query sees every
-//! operation sent before it), runs scripts, and syncs — when its input runs dry, or at least
-//! every [`TargetConfig::sync_interval`] while busy — before acknowledging.
+//! operation sent before it), runs scripts, and syncs — when its input runs dry, each time it
+//! has applied a quarter of the sender's window, or at least every
+//! [`TargetConfig::sync_interval`] while busy — before acknowledging.
 //!
 //! Faults: a blocked file or a full disk is retried every [`TargetConfig::retry_delay`] (the
 //! seeds' 3 s) and nothing after it is applied meanwhile; the source is told once with a

@@ -22,7 +22,8 @@ use crate::fsops::{Operation, PendingSync, RelPath, TargetRoot, block_hashes_ran
 use crate::script::run_script;
 use crate::wire::{
     Compression, EncodedOp, HandshakeConfig, MAX_HASHES_PER_REPLY, Message, PROTOCOL_VERSION, Role,
-    accept_handshake, read_message, write_message,
+    SEND_WINDOW_BYTES, SEND_WINDOW_OPS, SYNC_SHARE_OF_WINDOW, accept_handshake, read_message,
+    write_message,
 };
 
 /// Messages buffered between the reader and the applier (frames of up to 16 MiB each, so this
@@ -208,6 +209,7 @@ where
             live: applier_live,
             runtime: handle,
             dirty: false,
+            unsynced: Unsynced::default(),
             syncer,
             last_sync: Instant::now(),
         };
@@ -406,8 +408,28 @@ struct Applier<'a> {
     runtime: tokio::runtime::Handle,
     /// Operations applied since the last sync began.
     dirty: bool,
+    /// How much, to start the next sync before the sender's window runs out.
+    unsynced: Unsynced,
     syncer: Syncer,
     last_sync: Instant,
+}
+
+/// What was applied since the last sync began.
+#[derive(Default)]
+struct Unsynced {
+    bytes: u64,
+    ops: u64,
+}
+
+impl Unsynced {
+    /// Whether it is a share of the sender's window worth syncing now: the sender has sent
+    /// the rest of the window meanwhile, and the acknowledgement arrives while that is
+    /// applied. Waiting for the input to run dry (or the sync interval) left the sender
+    /// waiting on every window (ADR 17).
+    fn worth_a_sync(&self) -> bool {
+        self.bytes >= SEND_WINDOW_BYTES / SYNC_SHARE_OF_WINDOW
+            || self.ops >= SEND_WINDOW_OPS / SYNC_SHARE_OF_WINDOW
+    }
 }
 
 impl Applier<'_> {
@@ -425,7 +447,10 @@ impl Applier<'_> {
                 },
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
-            if self.dirty && self.last_sync.elapsed() >= self.service.config.sync_interval {
+            if self.dirty
+                && (self.unsynced.worth_a_sync()
+                    || self.last_sync.elapsed() >= self.service.config.sync_interval)
+            {
                 self.sync_in_background()?;
             }
             if self.live.stop.load(Ordering::SeqCst) {
@@ -551,6 +576,7 @@ impl Applier<'_> {
             self.target.begin_sync().map_err(|e| format!("syncing the target failed: {e}"))?;
         self.syncer.request(self.state.last_applied, pending)?;
         self.dirty = false;
+        self.unsynced = Unsynced::default();
         self.last_sync = Instant::now();
         Ok(())
     }
@@ -581,6 +607,8 @@ impl Applier<'_> {
             self.apply_one(seq, &op)?;
             self.state.last_applied = seq;
             self.dirty = true;
+            self.unsynced.bytes += encoded.len() as u64;
+            self.unsynced.ops += 1;
         }
         Ok(())
     }

@@ -40,6 +40,21 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// The most file data a sender puts in one `Ops` batch (16 MiB).
 pub const MAX_BATCH_DATA_BYTES: usize = 16 * 1024 * 1024;
 
+/// Operations a sender has sent and not yet had acknowledged before it waits: enough to keep
+/// a 50 ms round trip at 1 Gbit/s busy (about 6 MiB) and a loopback target applying while it
+/// syncs, bounded because what is in flight is held twice, in the source's queue and in the
+/// target's frames. Measured on one daemon mirroring to itself: 64 MiB cost 100 MB more at
+/// its peak than 16 MiB. A target acknowledges only what is durable, so it starts a sync each
+/// time it has applied [`SYNC_SHARE_OF_WINDOW`] of this: acknowledgements then come while the
+/// rest of the window is applied, and the sender seldom waits (ADR 17).
+pub const SEND_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
+/// ... and at most this many operations (on a tree of small files the count bounds it: each
+/// operation has its overhead).
+pub const SEND_WINDOW_OPS: u64 = 8192;
+/// The share (1 / this) of the send window after which a target starts making what it
+/// applied durable.
+pub const SYNC_SHARE_OF_WINDOW: u64 = 4;
+
 /// The largest frame payload accepted or sent: 16 MiB of data plus 1 MiB for paths, field
 /// names and other encoding overhead. Checked before any allocation.
 pub const MAX_FRAME_BYTES: u32 = 17 * 1024 * 1024;
