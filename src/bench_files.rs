@@ -36,6 +36,10 @@ pub struct FilesBench {
     pub runs: u32,
 }
 
+/// How long ext4 without a journal avoids reusing a freed inode (`RECENTCY_MIN`, 60 s, once
+/// its inode table block is written back), plus a margin.
+const FREED_INODES_SETTLE: Duration = Duration::from_secs(62);
+
 struct RsyncDaemon {
     child: Child,
     port: u16,
@@ -62,15 +66,29 @@ pub async fn run(options: FilesBench) -> Result<()> {
     let base = options.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("understudy-bench-files-{}", std::process::id()))
     });
-    if base.exists() {
+    // What an earlier run left is deleted now, and the runs wait until its inodes are a
+    // minute old: ext4 without a journal passes over every inode freed in the last minute
+    // each time it allocates one, so a mirror right after a large deletion measures that.
+    let deleted_at = if base.exists() {
         std::fs::remove_dir_all(&base)?;
-    }
+        settle();
+        Some(Instant::now())
+    } else {
+        None
+    };
     let source = base.join("source");
     std::fs::create_dir_all(&source)?;
     let how = make_tree(&source, options.files, options.total_mb)?;
     let Census { files, bytes, .. } = Census::of(&source)?;
     println!("tree: {files} files, {:.2} GiB in {} (made by {how})", gib(bytes), source.display());
     warm(&source)?;
+    if let Some(wait) = deleted_at.and_then(|at| FREED_INODES_SETTLE.checked_sub(at.elapsed())) {
+        println!(
+            "waiting {:.0} s for the inodes of the earlier run's files to be a minute old",
+            wait.as_secs_f64()
+        );
+        std::thread::sleep(wait);
+    }
 
     let rsync = start_rsync(&base)?;
     let daemon = BenchDaemon::start(&base.join("daemon"))?;
