@@ -220,6 +220,9 @@ pub struct SourceJob {
     capture: Option<capture::Capture>,
     capture_id: Option<EffectId>,
     ticker: Option<JoinHandle<()>>,
+    /// Wakes the ticker before its next tick: a mirror just finished, and the job may be
+    /// caught up now rather than up to a tick later.
+    tick_now: Arc<tokio::sync::Notify>,
     mirror: Option<(Arc<Control>, JoinHandle<()>)>,
     mirror_running: Arc<AtomicBool>,
     transmit_paused: Arc<AtomicBool>,
@@ -254,6 +257,7 @@ impl SourceJob {
             capture: None,
             capture_id: None,
             ticker: None,
+            tick_now: Arc::new(tokio::sync::Notify::new()),
             mirror: None,
             mirror_running: Arc::new(AtomicBool::new(false)),
             transmit_paused: Arc::new(AtomicBool::new(false)),
@@ -606,11 +610,15 @@ impl SourceJob {
         let mirror_running = Arc::clone(&self.mirror_running);
         let transmit_paused = Arc::clone(&self.transmit_paused);
         let limiter = ctx.limiter(&self.target_address(), &self.spec.bandwidth);
+        let tick_now = Arc::clone(&self.tick_now);
         self.ticker = Some(tokio::spawn(async move {
             let mut alerted = false;
             let mut was_exhausted = false;
             loop {
-                tokio::time::sleep(PROGRESS_EVERY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(PROGRESS_EVERY) => {}
+                    () = tick_now.notified() => {}
+                }
                 let usage = match pipe.usage() {
                     Ok(usage) => usage,
                     Err(error) => {
@@ -702,6 +710,7 @@ impl SourceJob {
         let ctx = Arc::clone(&self.ctx);
         let mut link_rx = self.link.subscribe();
         let mirror_running = Arc::clone(&self.mirror_running);
+        let tick_now = Arc::clone(&self.tick_now);
         let is_mirror = settings.mode == Mode::Mirror;
         let capture_id = self.capture_id;
         // A mirror fills change capture's watch as it walks; if it stops before its end, the
@@ -768,6 +777,8 @@ impl SourceJob {
                             );
                         }
                         ctx.report(id, Report::MirrorFinished { counters: outcome.counters });
+                        // Everything it sent is durable: "caught up" need not wait for a tick.
+                        tick_now.notify_one();
                     }
                     Mode::Verify { .. } => ctx
                         .report(id, Report::VerificationFinished { summary: outcome.verification }),
