@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use understudy_adapters::fsops::{Meta, Operation, RelPath};
 use understudy_adapters::wire::{
-    Compression, EncodedOp, HandshakeConfig, Message, Role, SEND_WINDOW_OPS, SYNC_SHARE_OF_WINDOW,
-    connect_handshake, read_message, write_message,
+    Compression, EncodedOp, HandshakeConfig, Message, Role, SYNC_SHARE_OF_WINDOW,
+    UNSYNCED_WINDOW_OPS, connect_handshake, read_message, write_message,
 };
 use understudy_core::{ConnectionId, JobId};
 
@@ -404,16 +404,17 @@ fn a_malformed_frame_closes_only_its_connection() {
     assert!(compare_trees(&source, &target).is_ok());
 }
 
-/// A target acknowledges a share of the sender's window once it has applied it, while more
+/// A target says what it applied after each batch, before it is durable (ADR 18), and
+/// acknowledges a share of the sender's unsynced window once it has applied it, while more
 /// input is waiting (ADR 17): without that the first acknowledgement came only when the input
 /// ran dry, and a sender whose window was full waited for the target's whole sync each time.
 #[test]
-fn a_target_acknowledges_a_share_of_the_window_before_its_input_runs_dry() {
+fn a_target_says_what_it_applied_and_acknowledges_a_share_before_its_input_runs_dry() {
     let dir = support::tempdir("early-sync");
     let target = dir.path().join("target");
     std::fs::create_dir_all(&target).unwrap();
     let daemon = Daemon::start(&dir.path().join("data"));
-    let share = SEND_WINDOW_OPS / SYNC_SHARE_OF_WINDOW;
+    let share = UNSYNCED_WINDOW_OPS / SYNC_SHARE_OF_WINDOW;
     // Small writes to one file: a batch is applied in moments, inside the sync interval.
     let write = |i: u64| Operation::Write {
         path: rel("f"),
@@ -426,7 +427,7 @@ fn a_target_acknowledges_a_share_of_the_window_before_its_input_runs_dry() {
         std::iter::once(create).chain((1..share).map(write)).map(encode).collect();
     let second: Vec<EncodedOp> = (share..2 * share).map(write).map(encode).collect();
 
-    let acks = runtime().block_on(async {
+    let (applied, acks) = runtime().block_on(async {
         let (mut stream, _) = open_session(&daemon.listen, &target).await;
         // Both batches in one write: the second is waiting before the first is applied.
         let mut both = Vec::new();
@@ -436,17 +437,19 @@ fn a_target_acknowledges_a_share_of_the_window_before_its_input_runs_dry() {
         let second = Message::Ops { first_seq: share + 1, ops: second };
         write_message(&mut both, &second, Compression::None).await.unwrap();
         stream.write_all(&both).await.unwrap();
-        let mut acks = Vec::new();
+        let (mut applied, mut acks) = (Vec::new(), Vec::new());
         while acks.last() != Some(&(2 * share)) {
             match tokio::time::timeout(LONG, read_message(&mut stream)).await {
+                Ok(Ok(Message::Applied { seq })) => applied.push(seq),
                 Ok(Ok(Message::Ack { seq })) => acks.push(seq),
                 Ok(Ok(Message::Nack { seq, error, .. })) => panic!("operation {seq}: {error}"),
                 Ok(Ok(_)) => {}
                 other => panic!("no acknowledgement of everything: {other:?} after {acks:?}"),
             }
         }
-        acks
+        (applied, acks)
     });
+    assert_eq!(applied, [share, 2 * share], "each batch is reported applied");
     assert_eq!(acks.first(), Some(&share), "the first batch was acknowledged by itself: {acks:?}");
     let written = std::fs::read(target.join("f")).unwrap();
     assert_eq!(written.len() as u64, 2 * share * 8);

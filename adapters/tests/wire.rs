@@ -459,6 +459,7 @@ fn proofs_bind_the_role_and_the_engine() {
 
 #[tokio::test]
 async fn version_mismatch_is_refused_clearly_on_both_sides() {
+    let (ours, newer) = (PROTOCOL_VERSION, PROTOCOL_VERSION + 1);
     // A newer client talks to this server.
     let (mut a, mut b) = tokio::io::duplex(4096);
     let server =
@@ -467,15 +468,16 @@ async fn version_mismatch_is_refused_clearly_on_both_sides() {
         );
     write_message(
         &mut a,
-        &Message::Hello { protocol_version: 2, engine_id: "new".into(), role: Role::Source },
+        &Message::Hello { protocol_version: newer, engine_id: "new".into(), role: Role::Source },
         Compression::None,
     )
     .await
     .unwrap();
     let refused = read_message(&mut a).await.unwrap();
-    let expected =
-        "peer speaks understudy protocol 2, this engine speaks 1: upgrade the older engine";
-    assert_eq!(refused, Message::Refused { reason: expected.into(), protocol_version: 1 });
+    let expected = format!(
+        "peer speaks understudy protocol {newer}, this engine speaks {ours}: upgrade the older engine"
+    );
+    assert_eq!(refused, Message::Refused { reason: expected.clone(), protocol_version: ours });
     let err = server.await.unwrap().unwrap_err();
     assert_eq!(err.to_string(), expected);
 
@@ -483,11 +485,12 @@ async fn version_mismatch_is_refused_clearly_on_both_sides() {
     let (mut a, mut b) = tokio::io::duplex(4096);
     let fake = tokio::spawn(async move {
         let _hello = read_message(&mut b).await.unwrap();
-        let reason =
-            "peer speaks understudy protocol 1, this engine speaks 2: upgrade the older engine";
+        let reason = format!(
+            "peer speaks understudy protocol {ours}, this engine speaks {newer}: upgrade the older engine"
+        );
         write_message(
             &mut b,
-            &Message::Refused { reason: reason.into(), protocol_version: 2 },
+            &Message::Refused { reason, protocol_version: newer },
             Compression::None,
         )
         .await

@@ -441,6 +441,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         Message::Proof { hmac: vec![9; 32] },
         ops.clone(),
         Message::Ack { seq: 8 },
+        Message::Applied { seq: 9 },
         Message::Heartbeat { at_ms: 1 },
         Message::Pause,
         Message::QueryMeta { query_id: 1, paths: vec![path, RelPath::root()] },

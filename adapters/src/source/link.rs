@@ -35,6 +35,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Inbound {
     /// Everything up to `seq` is durable on the target.
     Ack(u64),
+    /// Everything up to `seq` is applied on the target (durable later).
+    Applied(u64),
     /// The target could not apply `seq` (the flag: because its volume is full).
     Nack(u64, Failure, bool),
     /// Hold mirror traffic.
@@ -399,6 +401,9 @@ async fn read_loop<S: AsyncRead>(
         match message {
             Message::Ack { seq } => {
                 let _ = inbound.send(Inbound::Ack(seq));
+            }
+            Message::Applied { seq } => {
+                let _ = inbound.send(Inbound::Applied(seq));
             }
             Message::Nack { seq, error, disk_full } => {
                 let _ = inbound.send(Inbound::Nack(seq, error, disk_full));

@@ -48,7 +48,8 @@ use crate::fsops::RelPath;
 use crate::queue::{DiskLimit, QueueLimits};
 use crate::target::null::{NullCounters, serve as serve_null};
 use crate::wire::{
-    Compression, HandshakeConfig, Message, Role, SEND_WINDOW_BYTES, SEND_WINDOW_OPS, Secret,
+    Compression, EncodedOp, HandshakeConfig, Message, Role, SEND_WINDOW_BYTES, SEND_WINDOW_OPS,
+    Secret, UNSYNCED_WINDOW_BYTES, UNSYNCED_WINDOW_OPS,
 };
 
 /// How often replication progress is reported (the machine records it at most every 2 s).
@@ -901,7 +902,7 @@ async fn pump(
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
     transmit_paused: &AtomicBool,
 ) -> String {
-    let mut window = Window { in_flight: BTreeMap::new(), bytes: 0, ops: 0, blocked_at: None };
+    let mut window = Window::default();
     let mut was_idle = false;
     let mut skip_sent = None;
     loop {
@@ -920,9 +921,7 @@ async fn pump(
             }
             skip_sent = owed;
         }
-        let can_send = !transmit_paused.load(Ordering::SeqCst)
-            && window.bytes < SEND_WINDOW_BYTES
-            && window.ops < SEND_WINDOW_OPS;
+        let can_send = !transmit_paused.load(Ordering::SeqCst) && window.has_room();
         if can_send && was_idle {
             // Woken from idle by the first new operation: give its neighbours a moment to
             // join it, so a burst of small files leaves as one frame, not one frame each.
@@ -944,10 +943,7 @@ async fn pump(
             None
         };
         if let Some((first_seq, ops)) = batch {
-            let bytes: u64 = ops.iter().map(|o| o.len() as u64).sum();
-            window.in_flight.insert(first_seq + ops.len() as u64 - 1, (bytes, ops.len() as u64));
-            window.bytes += bytes;
-            window.ops += ops.len() as u64;
+            window.sent(first_seq, &ops);
             if !link.send(Message::Ops { first_seq, ops }) {
                 return link.closed_reason().unwrap_or_else(|| "the connection closed".into());
             }
@@ -966,19 +962,72 @@ async fn pump(
     }
 }
 
-/// Batches sent and not yet acknowledged.
+/// Batches sent, bounded twice: by what the target has not applied yet (its memory) and by
+/// what it has not made durable yet (this source's queue, for a resend).
+#[derive(Default)]
 struct Window {
-    /// Last sequence number of each batch in flight → its bytes and operations.
-    in_flight: BTreeMap<u64, (u64, u64)>,
-    bytes: u64,
-    ops: u64,
+    unapplied: Ledger,
+    unsynced: Ledger,
     /// The operation the target reported it could not apply, while that fault stands.
     blocked_at: Option<u64>,
 }
 
+/// Batches sent and not yet past some point on the target.
+#[derive(Default)]
+struct Ledger {
+    /// Last sequence number of each batch → its bytes and operations.
+    batches: BTreeMap<u64, (u64, u64)>,
+    bytes: u64,
+    ops: u64,
+}
+
+impl Ledger {
+    fn add(&mut self, last_seq: u64, bytes: u64, ops: u64) {
+        self.batches.insert(last_seq, (bytes, ops));
+        self.bytes += bytes;
+        self.ops += ops;
+    }
+
+    /// Forgets every batch that ends at or before `seq`.
+    fn through(&mut self, seq: u64) {
+        let kept = self.batches.split_off(&seq.saturating_add(1));
+        for (bytes, ops) in std::mem::replace(&mut self.batches, kept).into_values() {
+            self.bytes -= bytes;
+            self.ops -= ops;
+        }
+    }
+
+    fn below(&self, max_bytes: u64, max_ops: u64) -> bool {
+        self.bytes < max_bytes && self.ops < max_ops
+    }
+}
+
 impl Window {
+    fn has_room(&self) -> bool {
+        self.unapplied.below(SEND_WINDOW_BYTES, SEND_WINDOW_OPS)
+            && self.unsynced.below(UNSYNCED_WINDOW_BYTES, UNSYNCED_WINDOW_OPS)
+    }
+
+    fn sent(&mut self, first_seq: u64, ops: &[EncodedOp]) {
+        let bytes: u64 = ops.iter().map(|o| o.len() as u64).sum();
+        let last_seq = first_seq + ops.len() as u64 - 1;
+        self.unapplied.add(last_seq, bytes, ops.len() as u64);
+        self.unsynced.add(last_seq, bytes, ops.len() as u64);
+    }
+
+    fn applied(&mut self, seq: u64) {
+        self.unapplied.through(seq);
+    }
+
+    /// Durable is applied too (a target may acknowledge without saying `Applied`).
+    fn durable(&mut self, seq: u64) {
+        self.unapplied.through(seq);
+        self.unsynced.through(seq);
+    }
+
     fn take(&mut self, ctx: &SourceContext, effect: EffectId, pipe: &Pipe, message: Inbound) {
         match message {
+            Inbound::Applied(seq) => self.applied(seq),
             Inbound::Ack(seq) => {
                 if let Err(error) = pipe.ack(seq) {
                     ctx.report(
@@ -986,12 +1035,7 @@ impl Window {
                         Report::Fault { kind: FaultKind::Queue, failure: error.to_failure() },
                     );
                 }
-                let done: Vec<u64> = self.in_flight.range(..=seq).map(|(k, _)| *k).collect();
-                for k in done {
-                    let (bytes, ops) = self.in_flight.remove(&k).unwrap_or_default();
-                    self.bytes -= bytes;
-                    self.ops -= ops;
-                }
+                self.durable(seq);
                 if self.blocked_at.is_some_and(|blocked| seq >= blocked) {
                     // The operation that was blocked is durable now: whatever blocked it is
                     // gone. (Acknowledgements of what came before it say nothing.)
@@ -1016,6 +1060,36 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the target applied makes room for more; what it has not made durable yet stays
+    /// bounded, since this source keeps it for a resend.
+    #[test]
+    fn applied_frees_the_targets_window_and_durable_frees_the_resend_window() {
+        let mut window = Window::default();
+        let mut seq = 0;
+        let mut send = |window: &mut Window| {
+            seq += 1;
+            window.sent(seq, &[EncodedOp(vec![0u8; 1024 * 1024].into())]);
+            seq
+        };
+        let mut first_window = 0;
+        while window.has_room() {
+            first_window = send(&mut window);
+        }
+        assert_eq!(window.unapplied.bytes, SEND_WINDOW_BYTES, "the target's window bounds");
+        window.applied(first_window);
+        assert!(window.has_room(), "applied, the target holds none of it");
+        while window.has_room() {
+            let seq = send(&mut window);
+            window.applied(seq);
+        }
+        assert_eq!(window.unsynced.bytes, UNSYNCED_WINDOW_BYTES, "then the resend window bounds");
+        window.durable(first_window);
+        assert!(window.has_room());
+        assert_eq!(window.unsynced.bytes, UNSYNCED_WINDOW_BYTES - SEND_WINDOW_BYTES);
+        window.durable(u64::MAX - 1);
+        assert_eq!((window.unapplied.ops, window.unsynced.ops), (0, 0));
+    }
 
     #[test]
     fn jobs_to_one_target_share_bandwidth_and_compression() {

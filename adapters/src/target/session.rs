@@ -22,8 +22,8 @@ use crate::fsops::{Operation, PendingSync, RelPath, TargetRoot, block_hashes_ran
 use crate::script::run_script;
 use crate::wire::{
     Compression, EncodedOp, HandshakeConfig, MAX_HASHES_PER_REPLY, Message, PROTOCOL_VERSION, Role,
-    SEND_WINDOW_BYTES, SEND_WINDOW_OPS, SYNC_SHARE_OF_WINDOW, accept_handshake, read_message,
-    write_message,
+    SYNC_SHARE_OF_WINDOW, UNSYNCED_WINDOW_BYTES, UNSYNCED_WINDOW_OPS, accept_handshake,
+    read_message, write_message,
 };
 
 /// Messages buffered between the reader and the applier (frames of up to 16 MiB each, so this
@@ -422,13 +422,13 @@ struct Unsynced {
 }
 
 impl Unsynced {
-    /// Whether it is a share of the sender's window worth syncing now: the sender has sent
-    /// the rest of the window meanwhile, and the acknowledgement arrives while that is
-    /// applied. Waiting for the input to run dry (or the sync interval) left the sender
-    /// waiting on every window (ADR 17).
+    /// Whether it is a share of the sender's unsynced window worth syncing now: the sender
+    /// has sent the rest of that window meanwhile, and the acknowledgement arrives while
+    /// that is applied. Waiting for the input to run dry (or the sync interval) left the
+    /// sender waiting on every window (ADR 17).
     fn worth_a_sync(&self) -> bool {
-        self.bytes >= SEND_WINDOW_BYTES / SYNC_SHARE_OF_WINDOW
-            || self.ops >= SEND_WINDOW_OPS / SYNC_SHARE_OF_WINDOW
+        self.bytes >= UNSYNCED_WINDOW_BYTES / SYNC_SHARE_OF_WINDOW
+            || self.ops >= UNSYNCED_WINDOW_OPS / SYNC_SHARE_OF_WINDOW
     }
 }
 
@@ -457,7 +457,12 @@ impl Applier<'_> {
                 break;
             }
             match message {
-                Message::Ops { first_seq, ops } => self.apply_batch(first_seq, &ops)?,
+                Message::Ops { first_seq, ops } => {
+                    self.apply_batch(first_seq, &ops)?;
+                    // The frame is released: the sender may send more (durable comes later).
+                    drop(ops);
+                    self.send(Message::Applied { seq: self.state.last_applied });
+                }
                 Message::Skip { through_seq } => self.skip(through_seq),
                 Message::QueryMeta { query_id, paths } => {
                     let entries: Result<Vec<_>, _> =

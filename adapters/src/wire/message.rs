@@ -271,6 +271,13 @@ pub enum Message {
         /// The last durable sequence number.
         seq: u64,
     },
+    /// Everything up to and including `seq` is applied on the target, not yet durable: the
+    /// target holds none of it in memory any more, so the sender may send more; it keeps
+    /// the operations for a resend until the `Ack` (ADR 18).
+    Applied {
+        /// The last applied sequence number.
+        seq: u64,
+    },
     /// The target could not apply `seq` (everything before it is applied); `error` says why
     /// and whether retrying helps.
     Nack {
@@ -416,6 +423,7 @@ impl Message {
             Message::Opened { .. } => "Opened",
             Message::Ops { .. } => "Ops",
             Message::Ack { .. } => "Ack",
+            Message::Applied { .. } => "Applied",
             Message::Nack { .. } => "Nack",
             Message::Heartbeat { .. } => "Heartbeat",
             Message::Pause => "Pause",

@@ -29,7 +29,7 @@ pub use message::{Codec, EncodedOp, Message, Role};
 
 /// The protocol version this engine speaks. Engines of different versions refuse each other
 /// with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The default replication port.
 pub const DEFAULT_PORT: u16 = 6320;
@@ -40,19 +40,24 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// The most file data a sender puts in one `Ops` batch (16 MiB).
 pub const MAX_BATCH_DATA_BYTES: usize = 16 * 1024 * 1024;
 
-/// Operations a sender has sent and not yet had acknowledged before it waits: enough to keep
-/// a 50 ms round trip at 1 Gbit/s busy (about 6 MiB) and a loopback target applying while it
-/// syncs, bounded because what is in flight is held twice, in the source's queue and in the
-/// target's frames. Measured on one daemon mirroring to itself: 64 MiB cost 100 MB more at
-/// its peak than 16 MiB. A target acknowledges only what is durable, so it starts a sync each
-/// time it has applied [`SYNC_SHARE_OF_WINDOW`] of this: acknowledgements then come while the
-/// rest of the window is applied, and the sender seldom waits (ADR 17).
+/// Operations a sender has sent and the target has not yet applied (`Applied`) before it
+/// waits: they sit in the target's memory, in frames. Enough to keep a 50 ms round trip at
+/// 1 Gbit/s busy (about 6 MiB).
 pub const SEND_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 /// ... and at most this many operations (on a tree of small files the count bounds it: each
 /// operation has its overhead).
 pub const SEND_WINDOW_OPS: u64 = 8192;
-/// The share (1 / this) of the send window after which a target starts making what it
-/// applied durable.
+/// Operations a sender has sent and the target has not yet made durable (`Ack`) before it
+/// waits: the source holds them in its queue for a resend, so this is the source's memory,
+/// and it is how far the target's syncs may fall behind its applying. Applying and writing
+/// back then overlap, and the mirror costs the longer of the two, not their sum: with one
+/// bound for both (16 MiB) a loopback mirror spent a third of its time waiting for syncs
+/// (ADRs 17, 18).
+pub const UNSYNCED_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
+/// ... and at most this many operations.
+pub const UNSYNCED_WINDOW_OPS: u64 = 2 * SEND_WINDOW_OPS;
+/// The share (1 / this) of the unsynced window after which a target starts making what it
+/// applied durable: the acknowledgement then arrives while the sender sends the rest.
 pub const SYNC_SHARE_OF_WINDOW: u64 = 4;
 
 /// The largest frame payload accepted or sent: 16 MiB of data plus 1 MiB for paths, field
