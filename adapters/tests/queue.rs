@@ -114,6 +114,8 @@ proptest! {
             }
             prop_assert_eq!(q.len() as usize, model.len());
             prop_assert_eq!(q.in_flight() as usize, sent);
+            let sent_bytes: u64 = model.iter().take(sent).map(|m| m.1.len() as u64).sum();
+            prop_assert_eq!(q.held_bytes() - q.pending_bytes(), sent_bytes);
             let usage = q.usage().unwrap();
             let on_disk: u64 = segments(dir.path()).iter().map(|s| s.1).sum();
             prop_assert!(usage.disk_bytes >= on_disk, "{} < {}", usage.disk_bytes, on_disk);

@@ -147,6 +147,8 @@ pub struct SourceQueue {
     mem: VecDeque<(u64, Bytes)>,
     mem_bytes: u64,
     sent: usize,
+    /// Bytes of the `sent` items.
+    sent_bytes: u64,
     /// Newer items on disk, oldest first; the last may be open for writing.
     segments: VecDeque<Segment>,
     writer: Option<SegmentWriter>,
@@ -218,6 +220,7 @@ impl SourceQueue {
             mem: VecDeque::new(),
             mem_bytes: 0,
             sent: 0,
+            sent_bytes: 0,
             segments: VecDeque::new(),
             writer: None,
             disk_bytes: 0,
@@ -455,8 +458,9 @@ impl SourceQueue {
     /// [`SourceQueue::ack`]ed (what is returned shares its bytes, it does not copy them).
     pub fn pop(&mut self) -> Result<Option<(u64, Bytes)>, QueueError> {
         let item = self.peek()?.map(|(seq, data)| (seq, data.clone()));
-        if item.is_some() {
+        if let Some((_, data)) = &item {
             self.sent += 1;
+            self.sent_bytes += data.len() as u64;
         }
         Ok(item)
     }
@@ -472,7 +476,10 @@ impl SourceQueue {
                 }
                 let (_, data) = self.mem.pop_front().expect("front exists");
                 self.mem_bytes -= data.len() as u64;
-                self.sent = self.sent.saturating_sub(1);
+                if self.sent > 0 {
+                    self.sent -= 1;
+                    self.sent_bytes -= data.len() as u64;
+                }
                 dropped += 1;
             }
             let Some(segment) = self.segments.front() else { return Ok(dropped) };
@@ -506,6 +513,7 @@ impl SourceQueue {
         self.mem.clear();
         self.mem_bytes = 0;
         self.sent = 0;
+        self.sent_bytes = 0;
         self.disk_bytes = 0;
         self.last_pushed = None;
         Ok(())
@@ -515,11 +523,17 @@ impl SourceQueue {
     /// [`SourceQueue::ack`] with the target's `last_applied_seq` first).
     pub fn rewind(&mut self) {
         self.sent = 0;
+        self.sent_bytes = 0;
     }
 
     /// Item bytes held, in memory and on disk.
     pub fn held_bytes(&self) -> u64 {
         self.mem_bytes + self.disk_bytes
+    }
+
+    /// Item bytes not yet sent, in memory and on disk.
+    pub fn pending_bytes(&self) -> u64 {
+        self.held_bytes() - self.sent_bytes
     }
 
     /// Items held, in flight and pending.
@@ -605,6 +619,7 @@ impl SourceQueue {
         self.mem.clear();
         self.mem_bytes = 0;
         self.sent = 0;
+        self.sent_bytes = 0;
         sync_dir(&self.dir)?;
         let manifest: String = self
             .segments

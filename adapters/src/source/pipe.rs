@@ -167,12 +167,13 @@ impl PipeState {
         self.queue.len()
     }
 
-    /// Whether a mirror should wait before reading more: at most `max_ops` operations wait
-    /// in the queue to be sent (the seeds' "pending mirror operations"; what is in flight is
-    /// bounded by the sender's window), and the queue holds at most half of what a bounded
-    /// queue can hold, so the mirror alone never exhausts the queue (it can always read again
-    /// later; captured changes cannot).
-    pub fn mirror_should_wait(&self, max_ops: u64) -> bool {
+    /// Whether a mirror should wait before reading more: at most `max_ops` operations and
+    /// `max_bytes` bytes wait in the queue to be sent (the seeds' "pending mirror operations";
+    /// the bytes, since that is memory: 1,000 writes of 64 KiB are 64 MiB; what is in flight
+    /// is bounded by the sender's windows), and the queue holds at most half of what a
+    /// bounded queue can hold, so the mirror alone never exhausts the queue (it can always
+    /// read again later; captured changes cannot).
+    pub fn mirror_should_wait(&self, max_ops: u64, max_bytes: u64) -> bool {
         let queued = self.queue.len();
         if queued == 0 {
             return false;
@@ -184,7 +185,9 @@ impl PipeState {
             DiskLimit::Limited(disk) => Some(limits.memory_bytes.saturating_add(disk)),
             DiskLimit::Unlimited => None,
         };
-        unsent >= max_ops || bounded.is_some_and(|cap| self.queue.held_bytes() >= cap / 2)
+        unsent >= max_ops
+            || self.queue.pending_bytes() >= max_bytes
+            || bounded.is_some_and(|cap| self.queue.held_bytes() >= cap / 2)
     }
 }
 
@@ -625,15 +628,22 @@ mod tests {
         let pipe = open(dir.path());
         pipe.connected(0).unwrap();
         enqueue(&pipe, &["a", "b", "c"]);
-        assert!(pipe.lock().mirror_should_wait(3), "three wait to be sent");
-        assert!(!pipe.lock().mirror_should_wait(4));
+        let held = pipe.lock().queue.held_bytes();
+        assert!(pipe.lock().mirror_should_wait(3, u64::MAX), "three wait to be sent");
+        assert!(!pipe.lock().mirror_should_wait(4, u64::MAX));
+        assert!(pipe.lock().mirror_should_wait(4, held), "their bytes wait to be sent");
+        assert!(!pipe.lock().mirror_should_wait(4, held + 1));
         let (_, ops) = pipe.next_batch(1 << 20, 2).unwrap().unwrap();
         assert_eq!(ops.len(), 2);
+        let sent: u64 = ops.iter().map(|op| op.len() as u64).sum();
         assert!(
-            !pipe.lock().mirror_should_wait(3),
+            !pipe.lock().mirror_should_wait(3, held - sent + 1),
             "sent and not yet acknowledged is the window's to bound, not the mirror's"
         );
-        assert!(pipe.lock().mirror_should_wait(1), "one still waits to be sent");
+        assert!(pipe.lock().mirror_should_wait(1, u64::MAX), "one still waits to be sent");
+        assert!(pipe.lock().mirror_should_wait(4, held - sent), "its bytes wait to be sent");
+        pipe.ack(2).unwrap();
+        assert!(!pipe.lock().mirror_should_wait(4, held - sent + 1), "acknowledged, gone");
     }
 
     #[test]

@@ -53,9 +53,9 @@ pub const SEND_WINDOW_OPS: u64 = 8192;
 /// back then overlap, and the mirror costs the longer of the two, not their sum: with one
 /// bound for both (16 MiB) a loopback mirror spent a third of its time waiting for syncs
 /// (ADRs 17, 18).
-pub const UNSYNCED_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
+pub const UNSYNCED_WINDOW_BYTES: u64 = 64 * 1024 * 1024;
 /// ... and at most this many operations.
-pub const UNSYNCED_WINDOW_OPS: u64 = 2 * SEND_WINDOW_OPS;
+pub const UNSYNCED_WINDOW_OPS: u64 = 4 * SEND_WINDOW_OPS;
 /// The share (1 / this) of the unsynced window after which a target starts making what it
 /// applied durable: the acknowledgement then arrives while the sender sends the rest.
 pub const SYNC_SHARE_OF_WINDOW: u64 = 4;
