@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -36,9 +36,31 @@ pub struct FilesBench {
     pub runs: u32,
 }
 
-/// How long ext4 without a journal avoids reusing a freed inode (`RECENTCY_MIN`, 60 s, once
-/// its inode table block is written back), plus a margin.
-const FREED_INODES_SETTLE: Duration = Duration::from_secs(62);
+/// How long ext4 without a journal passes over a freed inode each time it allocates one in
+/// its group: 60 s (`RECENTCY_MIN`) plus 300 s while the inode's table block is dirty
+/// (`RECENTCY_DIRTY`), which any file created near it makes it again. Plus a margin.
+const FREED_INODES_SETTLE: Duration = Duration::from_secs(362);
+
+/// When a bench run last deleted its trees (seconds since the Unix epoch), for the next run.
+fn deletion_marker() -> PathBuf {
+    std::env::temp_dir().join("understudy-bench-files.deleted-at")
+}
+
+/// Deletes `dir` and its trees, syncs, and records when.
+fn delete_trees(dir: &Path) -> Result<()> {
+    std::fs::remove_dir_all(dir)?;
+    settle();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    std::fs::write(deletion_marker(), now.to_string())?;
+    Ok(())
+}
+
+/// How much longer until the trees an earlier run deleted no longer slow file creation.
+fn freed_inodes_wait() -> Option<Duration> {
+    let deleted: u64 = std::fs::read_to_string(deletion_marker()).ok()?.trim().parse().ok()?;
+    let since = SystemTime::now().duration_since(UNIX_EPOCH + Duration::from_secs(deleted)).ok()?;
+    FREED_INODES_SETTLE.checked_sub(since)
+}
 
 struct RsyncDaemon {
     child: Child,
@@ -66,25 +88,22 @@ pub async fn run(options: FilesBench) -> Result<()> {
     let base = options.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("understudy-bench-files-{}", std::process::id()))
     });
-    // What an earlier run left is deleted now, and the runs wait until its inodes are a
-    // minute old: ext4 without a journal passes over every inode freed in the last minute
-    // each time it allocates one, so a mirror right after a large deletion measures that.
-    let deleted_at = if base.exists() {
-        std::fs::remove_dir_all(&base)?;
-        settle();
-        Some(Instant::now())
-    } else {
-        None
-    };
+    // What an earlier run left is deleted now, and the runs wait until the inodes of what
+    // any run deleted are six minutes old: ext4 without a journal passes over every inode
+    // freed since then each time it allocates one, so a mirror right after a large deletion
+    // measures that (the same mirror took 3 to 15 s).
+    if base.exists() {
+        delete_trees(&base)?;
+    }
     let source = base.join("source");
     std::fs::create_dir_all(&source)?;
     let how = make_tree(&source, options.files, options.total_mb)?;
     let Census { files, bytes, .. } = Census::of(&source)?;
     println!("tree: {files} files, {:.2} GiB in {} (made by {how})", gib(bytes), source.display());
     warm(&source)?;
-    if let Some(wait) = deleted_at.and_then(|at| FREED_INODES_SETTLE.checked_sub(at.elapsed())) {
+    if let Some(wait) = freed_inodes_wait() {
         println!(
-            "waiting {:.0} s for the inodes of the earlier run's files to be a minute old",
+            "waiting {:.0} s until the files an earlier run deleted are six minutes old (ext4 without a journal slows every file creation until then)",
             wait.as_secs_f64()
         );
         std::thread::sleep(wait);
@@ -157,7 +176,7 @@ pub async fn run(options: FilesBench) -> Result<()> {
     drop(daemon);
     drop(rsync);
     if options.dir.is_none() {
-        std::fs::remove_dir_all(&base).ok();
+        delete_trees(&base)?;
     }
     Ok(())
 }
