@@ -55,9 +55,10 @@ fn delete_trees(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How much longer until the trees an earlier run deleted no longer slow file creation.
-fn freed_inodes_wait() -> Option<Duration> {
-    let deleted: u64 = std::fs::read_to_string(deletion_marker()).ok()?.trim().parse().ok()?;
+/// How much longer until the trees an earlier run deleted (as `marker` says) no longer slow
+/// file creation.
+fn freed_inodes_wait(marker: &Path) -> Option<Duration> {
+    let deleted: u64 = std::fs::read_to_string(marker).ok()?.trim().parse().ok()?;
     let since = SystemTime::now().duration_since(UNIX_EPOCH + Duration::from_secs(deleted)).ok()?;
     FREED_INODES_SETTLE.checked_sub(since)
 }
@@ -101,7 +102,7 @@ pub async fn run(options: FilesBench) -> Result<()> {
     let Census { files, bytes, .. } = Census::of(&source)?;
     println!("tree: {files} files, {:.2} GiB in {} (made by {how})", gib(bytes), source.display());
     warm(&source)?;
-    if let Some(wait) = freed_inodes_wait() {
+    if let Some(wait) = freed_inodes_wait(&deletion_marker()) {
         println!(
             "waiting {:.0} s until the files an earlier run deleted are six minutes old (ext4 without a journal slows every file creation until then)",
             wait.as_secs_f64()
@@ -426,4 +427,25 @@ fn peak_rss_mb(pid: u32) -> Result<u64> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     Ok(kb / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_waits_out_six_minutes_after_the_last_deletion_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("deleted-at");
+        assert_eq!(freed_inodes_wait(&marker), None, "nothing deleted yet");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        std::fs::write(&marker, (now - 10).to_string()).unwrap();
+        let wait = freed_inodes_wait(&marker).expect("deleted 10 s ago");
+        assert!(wait <= FREED_INODES_SETTLE - Duration::from_secs(9), "{wait:?}");
+        assert!(wait >= FREED_INODES_SETTLE - Duration::from_secs(12), "{wait:?}");
+        std::fs::write(&marker, (now - 400).to_string()).unwrap();
+        assert_eq!(freed_inodes_wait(&marker), None, "deleted long enough ago");
+        std::fs::write(&marker, "garbage").unwrap();
+        assert_eq!(freed_inodes_wait(&marker), None, "an unreadable record does not hold a run");
+    }
 }
